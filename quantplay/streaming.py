@@ -1,0 +1,260 @@
+"""One variant's token stream: `model.generate` in a worker thread, tokens out a queue.
+
+`TokenStream` owns the thread, the stop flag and the timings; it knows nothing
+about other variants except the optional `TurnTaker` it shares with them,
+which lets N streams take turns on the CPU one forward pass at a time instead
+of fighting over its cores. Sampling uses a per-stream `torch.Generator`, so a
+seed gives every variant the same random draws whatever the thread interleaving.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from transformers import LogitsProcessor, LogitsProcessorList, StoppingCriteria, StoppingCriteriaList
+from transformers.generation.streamers import BaseStreamer
+
+STOPPED = "stopped"
+
+
+@dataclass(frozen=True)
+class GenerationSettings:
+    max_new_tokens: int = 64
+    do_sample: bool = False
+    temperature: float = 0.7
+    top_p: float = 0.9
+    seed: int = 0
+    chat_template: bool = True
+
+
+class TurnTaker:
+    """A fair (FIFO) baton: one holder at a time, handed on in arrival order."""
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._queue: deque[object] = deque()
+
+    def acquire(self, who: object) -> None:
+        with self._cond:
+            self._queue.append(who)
+            self._cond.wait_for(lambda: self._queue[0] is who)
+
+    def release(self, who: object) -> None:
+        with self._cond:
+            if self._queue and self._queue[0] is who:
+                self._queue.popleft()
+            elif who in self._queue:
+                self._queue.remove(who)
+            self._cond.notify_all()
+
+    def pass_on(self, who: object) -> None:
+        """Let everyone waiting go first, then take the baton back."""
+        with self._cond:
+            if len(self._queue) <= 1:
+                return
+        self.release(who)
+        self.acquire(who)
+
+
+class SeededSampler(LogitsProcessor):
+    """Temperature + top-p sampling with a private generator.
+
+    It leaves only the drawn token finite, so greedy decoding then picks it:
+    the random stream belongs to this variant, not to torch's global RNG.
+    """
+
+    def __init__(self, temperature: float, top_p: float, seed: int) -> None:
+        self.temperature = temperature
+        self.top_p = top_p
+        self.generator = torch.Generator().manual_seed(seed)
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+        probs = torch.softmax(scores.float() / self.temperature, dim=-1).cpu()
+        sorted_probs, order = probs.sort(dim=-1, descending=True)
+        keep = sorted_probs.cumsum(dim=-1) - sorted_probs < self.top_p
+        sorted_probs = sorted_probs * keep
+        choice = torch.multinomial(sorted_probs, 1, generator=self.generator)
+        token = order.gather(-1, choice).to(scores.device)
+        out = torch.full_like(scores, float("-inf"))
+        return out.scatter_(-1, token, 0.0)
+
+
+class _Hooks(StoppingCriteria, BaseStreamer):
+    """Called by generate once per step: pushes tokens, honours the stop flag, passes the baton."""
+
+    def __init__(self, stream: TokenStream) -> None:
+        self.stream = stream
+        self.prompt_seen = False
+
+    # BaseStreamer
+    def put(self, value: torch.Tensor) -> None:
+        if not self.prompt_seen:  # generate first sends the prompt
+            self.prompt_seen = True
+            return
+        for token in value.reshape(-1).tolist():
+            self.stream._push("token", int(token))
+
+    def end(self) -> None:
+        pass
+
+    # StoppingCriteria
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor, **kwargs) -> torch.BoolTensor:
+        stream = self.stream
+        if stream.turns is not None and not stream.stop_event.is_set():
+            stream.turns.pass_on(stream)
+        stop = stream.stop_event.is_set()
+        return torch.full((input_ids.shape[0],), stop, dtype=torch.bool, device=input_ids.device)
+
+
+@dataclass
+class StreamResult:
+    token_ids: list[int] = field(default_factory=list)
+    started: float = 0.0
+    first_token: float | None = None
+    last_token: float | None = None
+    finished: float | None = None
+    past_key_values: Any = None
+    stopped: bool = False
+    error: BaseException | None = None
+
+    @property
+    def ttft_seconds(self) -> float | None:
+        return None if self.first_token is None else self.first_token - self.started
+
+    @property
+    def tokens_per_second(self) -> float | None:
+        """Decode speed: tokens after the first, over the time after the first."""
+        n = len(self.token_ids)
+        if n >= 2 and self.last_token and self.last_token > self.first_token:
+            return (n - 1) / (self.last_token - self.first_token)
+        if n == 1 and self.ttft_seconds:
+            return 1.0 / self.ttft_seconds
+        return None
+
+
+class TokenStream:
+    """Runs one greedy or seeded-sampling generation in a thread.
+
+    Events go to `events` as (tag, stream, payload) with tag "token", "done" or
+    "error"; `events` may be shared by several streams.
+    """
+
+    def __init__(self, model, input_ids: torch.Tensor, settings: GenerationSettings, *,
+                 pad_token_id: int | None = None, events: queue.Queue | None = None,
+                 turns: TurnTaker | None = None, model_lock: threading.Lock | None = None,
+                 tag: Any = None) -> None:
+        self.model = model
+        self.input_ids = input_ids
+        self.settings = settings
+        self.pad_token_id = pad_token_id
+        self.events = events if events is not None else queue.Queue()
+        self.turns = turns
+        self.model_lock = model_lock
+        self.tag = tag
+        self.stop_event = threading.Event()
+        self.result = StreamResult()
+        self.thread = threading.Thread(target=self._run, name=f"quantplay-generate-{tag}", daemon=True)
+
+    def start(self) -> TokenStream:
+        self.thread.start()
+        return self
+
+    def stop(self) -> None:
+        self.stop_event.set()
+
+    def join(self, timeout: float | None = None) -> bool:
+        self.thread.join(timeout)
+        return not self.thread.is_alive()
+
+    def _push(self, tag: str, payload: Any) -> None:
+        now = time.perf_counter()
+        if tag == "token":
+            result = self.result
+            result.token_ids.append(payload)
+            result.first_token = result.first_token or now
+            result.last_token = now
+        self.events.put((tag, self, payload))
+
+    def _generate_kwargs(self) -> dict[str, Any]:
+        s = self.settings
+        hooks = _Hooks(self)
+        kwargs: dict[str, Any] = {
+            "input_ids": self.input_ids.to(self.model.device),
+            "attention_mask": torch.ones_like(self.input_ids).to(self.model.device),
+            "max_new_tokens": s.max_new_tokens,
+            "do_sample": False,
+            "streamer": hooks,
+            "stopping_criteria": StoppingCriteriaList([hooks]),
+            "return_dict_in_generate": True,
+            "pad_token_id": self.pad_token_id,
+        }
+        if s.do_sample:
+            kwargs["logits_processor"] = LogitsProcessorList([SeededSampler(s.temperature, s.top_p, s.seed)])
+        return kwargs
+
+    def _run(self) -> None:
+        result = self.result
+        held = locked = False
+        try:
+            kwargs = self._generate_kwargs()
+            if self.model_lock is not None:
+                self.model_lock.acquire()
+                locked = True
+            if self.turns is not None:
+                self.turns.acquire(self)
+                held = True
+            result.started = time.perf_counter()
+            if not self.stop_event.is_set():
+                with torch.inference_mode():
+                    out = self.model.generate(**kwargs)
+                result.past_key_values = getattr(out, "past_key_values", None)
+            result.stopped = self.stop_event.is_set()
+            result.finished = time.perf_counter()
+            self._push("done", None)
+        except BaseException as exc:  # surfaces in the consumer, never kills the process
+            result.error = exc
+            result.finished = time.perf_counter()
+            self._push("error", exc)
+        finally:
+            if held:
+                self.turns.release(self)
+            if locked:
+                self.model_lock.release()
+
+
+class IncrementalDecoder:
+    """Detokenizes a growing id list without re-decoding it all each step.
+
+    Decodes a short window (the last few ids) and emits only the new, complete
+    characters; a multi-byte character split across tokens waits for its end.
+    """
+
+    def __init__(self, tokenizer) -> None:
+        self.tokenizer = tokenizer
+        self.ids: list[int] = []
+        self.text = ""
+        self._prefix = 0
+        self._read = 0
+
+    def add(self, token_id: int) -> str:
+        self.ids.append(token_id)
+        decode = self.tokenizer.decode
+        before = decode(self.ids[self._prefix:self._read], skip_special_tokens=True)
+        after = decode(self.ids[self._prefix:], skip_special_tokens=True)
+        if len(after) > len(before) and not after.endswith("\ufffd"):
+            new = after[len(before):]
+            self._prefix, self._read = self._read, len(self.ids)
+            self.text += new
+            return new
+        return ""
+
+    def finish(self) -> str:
+        """The exact full decode, identical to decoding all ids at once."""
+        self.text = self.tokenizer.decode(self.ids, skip_special_tokens=True)
+        return self.text
