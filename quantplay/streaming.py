@@ -105,19 +105,31 @@ class _Hooks(StoppingCriteria, BaseStreamer):
 
     # StoppingCriteria
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor, **kwargs) -> torch.BoolTensor:
+        # generate calls this once per new token, before it hands the token to put()
         stream = self.stream
+        now = time.perf_counter()
+        stream.result.step_seconds.append(now - stream._turn_start)
+        stream._turn_start = now
         if stream.turns is not None and not stream.stop_event.is_set():
             stream.turns.pass_on(stream)
+            stream._turn_start = time.perf_counter()  # time spent waiting for others is not ours
         stop = stream.stop_event.is_set()
         return torch.full((input_ids.shape[0],), stop, dtype=torch.bool, device=input_ids.device)
 
 
 @dataclass
 class StreamResult:
+    """Tokens and timings of one stream.
+
+    `step_seconds[i]` is the compute time of token i: from the moment this
+    stream held the CPU (or started) to the token's selection. Time spent waiting while
+    other variants took their turn is excluded, so the figures are what the
+    variant would show alone, and variants can be compared in one run.
+    """
+
     token_ids: list[int] = field(default_factory=list)
+    step_seconds: list[float] = field(default_factory=list)
     started: float = 0.0
-    first_token: float | None = None
-    last_token: float | None = None
     finished: float | None = None
     past_key_values: Any = None
     stopped: bool = False
@@ -125,17 +137,20 @@ class StreamResult:
 
     @property
     def ttft_seconds(self) -> float | None:
-        return None if self.first_token is None else self.first_token - self.started
+        """Prefill and the first token."""
+        return self.step_seconds[0] if self.step_seconds else None
 
     @property
     def tokens_per_second(self) -> float | None:
-        """Decode speed: tokens after the first, over the time after the first."""
-        n = len(self.token_ids)
-        if n >= 2 and self.last_token and self.last_token > self.first_token:
-            return (n - 1) / (self.last_token - self.first_token)
-        if n == 1 and self.ttft_seconds:
-            return 1.0 / self.ttft_seconds
+        """Decode speed: tokens after the first over their compute time."""
+        decode = sum(self.step_seconds[1:])
+        if len(self.step_seconds) >= 2 and decode > 0:
+            return (len(self.step_seconds) - 1) / decode
         return None
+
+    @property
+    def wall_seconds(self) -> float | None:
+        return None if self.finished is None else self.finished - self.started
 
 
 class TokenStream:
@@ -159,6 +174,7 @@ class TokenStream:
         self.tag = tag
         self.stop_event = threading.Event()
         self.result = StreamResult()
+        self._turn_start = 0.0
         self.thread = threading.Thread(target=self._run, name=f"quantplay-generate-{tag}", daemon=True)
 
     def start(self) -> TokenStream:
@@ -173,12 +189,8 @@ class TokenStream:
         return not self.thread.is_alive()
 
     def _push(self, tag: str, payload: Any) -> None:
-        now = time.perf_counter()
         if tag == "token":
-            result = self.result
-            result.token_ids.append(payload)
-            result.first_token = result.first_token or now
-            result.last_token = now
+            self.result.token_ids.append(payload)
         self.events.put((tag, self, payload))
 
     def _generate_kwargs(self) -> dict[str, Any]:
@@ -209,7 +221,7 @@ class TokenStream:
             if self.turns is not None:
                 self.turns.acquire(self)
                 held = True
-            result.started = time.perf_counter()
+            result.started = self._turn_start = time.perf_counter()
             if not self.stop_event.is_set():
                 with torch.inference_mode():
                     out = self.model.generate(**kwargs)

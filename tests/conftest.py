@@ -62,3 +62,12 @@ def bundled_cache():
     c = ModelCache(budget_bytes=12 * 2**30)
     yield c
     c.unload()
+
+
+@pytest.fixture(scope="session")
+def app_url():
+    """app.py served from a subprocess, as `make run` serves it."""
+    from server import running_app
+
+    with running_app() as (url, _):
+        yield url
