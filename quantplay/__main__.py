@@ -21,20 +21,23 @@ def _fmt(value, spec: str) -> str:
 
 def render_table(result: dict) -> str:
     """A readable table of a final comparison result, then the texts."""
-    rows = [("variant", "status", "MiB", "x fp32", "KV MiB", "load s", "TTFT s", "tok/s", "tokens")]
+    rows = [("variant", "status", "MiB", "x fp32", "KV MiB", "load s", "TTFT s", "tok/s", "tokens", "KL", "top-1", "ppl")]
     ref = result["variants"][0].get("footprint_bytes")
     for v in result["variants"]:
         ratio = f"{ref / v['footprint_bytes']:.2f}x" if ref and v.get("footprint_bytes") else "-"
         load = "cached" if v.get("cache_hit") else _fmt(v.get("load_seconds"), ".2f")
         rows.append((v["name"], v["status"], _fmt_mib(v.get("footprint_bytes")), ratio,
                      _fmt_mib(v.get("kv_cache_bytes")), load, _fmt(v.get("ttft_seconds"), ".3f"),
-                     _fmt(v.get("tokens_per_second"), ".1f"), str(v.get("new_tokens", 0))))
+                     _fmt(v.get("tokens_per_second"), ".1f"), str(v.get("new_tokens", 0)),
+                     _fmt(v.get("kl_divergence_mean"), ".4f"), _fmt(v.get("top1_agreement"), ".0%"),
+                     _fmt(v.get("perplexity"), ".2f")))
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows]
     lines.insert(1, "  ".join("-" * w for w in widths))
     lines.append("")
     for w in result.get("warnings", []):
         lines.append(f"warning: {w}")
+    lines += [v["reading"] for v in result["variants"] if v.get("reading")]
     for v in result["variants"]:
         lines.append(f"--- {v['name']}" + (f" (error: {v['error']})" if v.get("error") else ""))
         for w in v.get("warnings", []):
@@ -79,6 +82,25 @@ def cmd_compare(args: argparse.Namespace) -> int:
     return 0 if all(v["status"] == "done" for v in data["variants"]) else 1
 
 
+def cmd_estimate(args: argparse.Namespace) -> int:
+    from .estimate import estimate_model
+
+    try:
+        result = estimate_model(args.model, device=args.device)
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    if args.json:
+        print(json.dumps(result, indent=2))
+        return 0
+    where = "VRAM" if result["device"].startswith("cuda") else "RAM"
+    print(f"{result['model']}: {result['parameters'] / 1e9:.3f} B parameters ({result['config_source']}); "
+          f"{where} available: {result['available_bytes'] / 2**30:.1f} GiB")
+    for preset, size in result["estimates"].items():
+        print(f"  {preset:7} {size / 2**30:8.2f} GiB  {'fits' if result['fits'][preset] else 'does not fit'}")
+    return 0
+
+
 def cmd_presets(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps({name: p.to_dict() for name, p in PRESETS.items()}, indent=2))
@@ -112,6 +134,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device-map", default="auto", choices=["auto", "cpu", "cuda:0"])
     p.add_argument("--json", action="store_true", help="print the final result object and nothing else on stdout")
     p.set_defaults(func=cmd_compare)
+
+    p = sub.add_parser("estimate", help="weight memory of every preset, from the model config alone")
+    p.add_argument("--model", default=catalog.BUNDLED_NAME)
+    p.add_argument("--device", choices=["cpu", "cuda:0"], help="where the model would live (default: this machine's)")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_estimate)
 
     p = sub.add_parser("presets", help="list the named presets")
     p.add_argument("--json", action="store_true")

@@ -20,7 +20,7 @@ from typing import Any
 
 import torch
 
-from . import catalog, metrics
+from . import catalog, metrics, quality
 from .catalog import ModelSource
 from .loader import LoadedModel, ModelCache, default_cache, resolve_device
 from .presets import PRESETS, REFERENCE, PresetError, QuantPreset, get_preset
@@ -74,6 +74,15 @@ class VariantResult:
     tokens_per_second: float | None = None
     settings: dict[str, Any] = field(default_factory=dict)
     code: str = ""
+    # agreement with fp32, teacher-forced on fp32's continuation (see quality.py); fp32 has its perplexity
+    kl_divergence_mean: float | None = None
+    kl_divergence_max: float | None = None
+    top1_agreement: float | None = None
+    reference_token_prob_mean: float | None = None
+    perplexity: float | None = None
+    first_divergence_token: int | None = None
+    reading: str = ""
+    token_scores: list[dict[str, Any]] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -264,6 +273,11 @@ def run_comparison(
         result.prompt_token_ids = ids
         result.warnings += prompt_warnings
         yield from _stream_all(result, loaded, ids, settings, stop, schedule, device)
+        if not (stop is not None and stop.is_set()):
+            _score(result, loaded, ids, turns=_TURNS if schedule == "interleave" else None)
+    result.memory = metrics.memory_snapshot(device)
+    result.done = True
+    yield result.snapshot()
 
 
 def _code(preset: QuantPreset, source: ModelSource, device: str, device_map: str, prompt: str,
@@ -321,9 +335,38 @@ def _stream_all(result: ComparisonResult, loaded: list[tuple[VariantResult, Load
             stream.stop()
         for stream in streams:
             stream.join(JOIN_SECONDS)
-    result.memory = metrics.memory_snapshot(device)
-    result.done = True
-    yield result.snapshot()
+
+
+def _score(result: ComparisonResult, loaded: list[tuple[VariantResult, LoadedModel]], prompt_ids: list[int],
+           turns: TurnTaker | None) -> None:
+    """Teacher-forced agreement of every finished variant with fp32, on fp32's continuation."""
+    reference = result.variants[0]
+    done = [(row, entry) for row, entry in loaded if row.status == "done"]
+    if not done or done[0][0] is not reference or not reference.token_ids:
+        result.warnings.append("No agreement metrics: the fp32 reference did not finish.")
+        return
+    tokenizer = done[0][1].tokenizer
+    who = object()
+    if turns is not None:
+        turns.acquire(who)
+    try:
+        scores = quality.score_variants([entry.model for _, entry in done], prompt_ids + reference.token_ids,
+                                        len(prompt_ids), decode=lambda t: tokenizer.decode([t]))
+    except Exception as exc:  # metrics must never cost the user the answers
+        result.warnings.append(f"Agreement metrics failed: {_error_text(exc)}")
+        return
+    finally:
+        if turns is not None:
+            turns.release(who)
+    for (row, _), agreement in zip(done, scores):
+        row.perplexity = agreement.perplexity
+        row.token_scores = [dataclasses.asdict(t) for t in agreement.tokens]
+        if row is reference:
+            continue
+        for key, value in agreement.summary().items():
+            setattr(row, key, value)
+        row.first_divergence_token = quality.first_divergence(reference.token_ids, row.token_ids)
+        row.reading = quality.plain_reading(row.name, agreement)
 
 
 def _timings(row: VariantResult, stream: TokenStream) -> None:
@@ -343,3 +386,45 @@ def _finish(row: VariantResult, stream: TokenStream, decoder: IncrementalDecoder
     else:
         row.status, row.message = "done", f"{row.new_tokens} tokens"
 
+
+
+def score_text(model: str, variants: Sequence[str] | str | None, text: str, *, custom: dict | None = None,
+               device_map: str = "auto", cache: ModelCache | None = None, limits: Limits | None = None) -> dict[str, Any]:
+    """Reference-text mode: every variant's perplexity, and its KL from fp32, over a given text."""
+    limits = limits or Limits.from_env()
+    text, warnings = clean_prompt(text, limits)
+    presets, preset_warnings = select_presets(variants, custom, limits)
+    device = resolve_device(device_map)
+    source = catalog.resolve(model)
+    cache = cache or default_cache()
+    cache.check_fits([(source, p, device) for p in presets])
+    rows: list[dict[str, Any]] = []
+    with ExitStack() as leases:
+        entries = []
+        for preset in presets:
+            try:
+                entry, _ = leases.enter_context(cache.lease(source, preset, device_map))
+                entries.append((preset, entry))
+            except Exception as exc:
+                if preset is presets[0]:
+                    raise
+                rows.append({"name": preset.name, "error": _error_text(exc)})
+        tokenizer = entries[0][1].tokenizer
+        ids = list(tokenizer(text)["input_ids"])
+        limit = 4 * limits.max_prompt_tokens
+        if len(ids) > limit:
+            warnings.append(f"The text is {len(ids)} tokens; only its first {limit} are scored.")
+            ids = ids[:limit]
+        if len(ids) < 2:
+            raise ValueError("The text needs at least two tokens to score.")
+        who = object()
+        _TURNS.acquire(who)
+        try:
+            scores = quality.score_variants([e.model for _, e in entries], ids, 1)
+        finally:
+            _TURNS.release(who)
+    for (preset, _), agreement in zip(entries, scores):
+        rows.append({"name": preset.name, "error": None, **agreement.summary()})
+    order = [p.name for p in presets]
+    rows.sort(key=lambda r: order.index(r["name"]))
+    return {"model": source.name, "tokens": len(ids) - 1, "warnings": warnings + preset_warnings, "variants": rows}

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 
@@ -35,7 +36,9 @@ def meta_model(config):
     from transformers import AutoModelForCausalLM
 
     with init_empty_weights(include_buffers=False):
-        return AutoModelForCausalLM.from_config(config)
+        model = AutoModelForCausalLM.from_config(config)
+    model.tie_weights()  # tied embeddings are one tensor in a real load; count them once
+    return model
 
 
 def count_weights(config, skip_modules: tuple[str, ...] | None = None) -> WeightCount:
@@ -108,3 +111,54 @@ def load_peak_bytes(counts: WeightCount, preset: QuantPreset, config, device: st
     if preset.quantized or _DTYPE_BYTES[preset.resolved_dtype(device)] != checkpoint_dtype_bytes(config):
         return final + source
     return final
+
+
+# -- a whole model, every preset ------------------------------------------------
+CONFIGS = Path(__file__).resolve().parents[1] / "assets" / "configs"
+
+
+def shipped_configs() -> list[str]:
+    """Models whose config ships in assets/configs (estimates work offline)."""
+    return sorted(str(p.parent.relative_to(CONFIGS)) for p in CONFIGS.rglob("config.json"))
+
+
+def load_config(name: str):
+    """A model's config, without weights: shipped copy, allow-listed local dir, or the Hub."""
+    from transformers import AutoConfig
+
+    from . import catalog
+    from .loader import trust_remote_code
+
+    name = catalog.validate_name(name)
+    if name == catalog.BUNDLED_NAME:
+        name = catalog.BUNDLED_HUB_ID
+    shipped = CONFIGS / name / "config.json"
+    if name in shipped_configs():
+        return AutoConfig.from_pretrained(shipped.parent), "shipped config"
+    try:
+        source = catalog.resolve(name)
+    except catalog.ModelUnavailable as exc:
+        raise catalog.ModelUnavailable(f"{exc} Configs shipped for offline estimates: {', '.join(shipped_configs())}.") from None
+    config = AutoConfig.from_pretrained(source.path, revision=source.revision, trust_remote_code=trust_remote_code())
+    return config, source.kind
+
+
+def estimate_model(name: str, device: str | None = None) -> dict:
+    """Weight memory of every named preset, compared with the memory available now."""
+    from . import metrics
+    from .presets import PRESETS
+
+    device = device or metrics.default_device()
+    config, origin = load_config(name)
+    counts = count_weights(config)
+    available = metrics.device_memory(device)["device_available_bytes"]
+    estimates = {p.name: estimate_bytes(counts, p, device) for p in PRESETS.values()}
+    return {
+        "model": name,
+        "parameters": counts.parameters,
+        "estimates": estimates,
+        "available_bytes": available,
+        "fits": {preset: size <= available for preset, size in estimates.items()},
+        "device": device,
+        "config_source": origin,
+    }

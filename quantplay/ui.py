@@ -16,7 +16,7 @@ from typing import Any
 
 import gradio as gr
 
-from . import catalog, metrics, views
+from . import catalog, metrics, ui_insight, views
 from .compare import Limits, run_comparison
 from .loader import MemoryBudgetError, default_cache
 from .presets import PRESETS
@@ -36,6 +36,10 @@ EXAMPLES = [
 CSS = """
 .qp-out textarea { font-size: 1.05rem !important; line-height: 1.45 !important; }
 .qp-stats { font-size: 0.95rem; }
+.qp-tokens { font-size: 1.05rem; line-height: 2.1; margin-bottom: 0.8rem; }
+.qp-tok { color: #111; padding: 1px 2px; border-radius: 3px; white-space: pre-wrap; }
+.qp-miss { outline: 2px solid #0072B2; text-decoration: underline; }
+.qp-legend { font-size: 0.9rem; }
 """
 
 
@@ -121,7 +125,7 @@ def save_json(frame: dict) -> str:
 
 
 def render(frame: dict, previous: dict | None = None) -> list[Any]:
-    """One frame → updates for: status, per column (group, header, text, stats), codes, bars.
+    """One frame → updates for: status, per column (group, header, text, stats), codes, agreement, bars.
 
     Parts that did not change since `previous` are skipped: re-sending the plot on
     every token makes it flicker (and blank), and code blocks never change mid-run.
@@ -146,6 +150,11 @@ def render(frame: dict, previous: dict | None = None) -> list[Any]:
                                  visible=True))
         else:
             out.append(gr.update(visible=False))
+    if frame["done"]:
+        out += [views.readings_markdown(frame), views.agreement_rows(frame)]
+        out += [views.token_html(variants[i]) if i < len(variants) else "" for i in range(1, MAX_COLUMNS)]
+    else:
+        out += [gr.skip()] * (2 + MAX_COLUMNS - 1)
     rows = views.footprint_rows(frame)
     loaded = all(v["status"] != "loading" for v in variants)
     was_loaded = previous is not None and all(v["status"] != "loading" for v in previous["variants"])
@@ -221,9 +230,18 @@ def build_demo() -> gr.Blocks:
                         columns += [group, header, text, stats]
                 with gr.Row():
                     download = gr.DownloadButton("Download JSON", visible=False, elem_id="download-json")
+                with gr.Accordion("Agreement with fp32", open=True):
+                    readings = gr.Markdown("_Agreement metrics appear when a comparison finishes._", elem_id="readings")
+                    agreement = gr.Dataframe(headers=views.METRIC_HEADERS, interactive=False, elem_id="agreement")
+                    gr.HTML(views.legend_html())
+                    tokens = [gr.HTML(elem_id=f"tokens-{i}") for i in range(1, MAX_COLUMNS)]
                 with gr.Accordion("Show code", open=False):
                     codes = [gr.Code(language="python", visible=False, buttons=["copy"], interactive=False)
                              for _ in range(MAX_COLUMNS)]
+                with gr.Accordion("Reference text: perplexity and KL over any text", open=False):
+                    ui_insight.reference_tab(model, picked)
+                with gr.Accordion("Will it fit? Memory estimate from the config alone", open=False):
+                    ui_insight.estimate_tab()
         with gr.Accordion("Memory", open=True):
             with gr.Row():
                 bars = gr.BarPlot(x="variant", y="MiB", color="kind", title="Weight footprint (MiB)",
@@ -250,7 +268,7 @@ def build_demo() -> gr.Blocks:
                        else (gr.update(visible=False) if previous is None else gr.skip())]
                 previous = frame
 
-        outputs = [status, *columns, *codes, bars, download]
+        outputs = [status, *columns, *codes, readings, agreement, *tokens, bars, download]
         event = run.click(on_compare, [model, picked, prompt, max_new, sample, temperature, top_p, seed, chat,
                                        c_on, c_mode, c_qtype, c_compute, c_dq, c_storage, c_threshold, c_skip,
                                        c_offload, c_dtype],

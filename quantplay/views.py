@@ -97,3 +97,58 @@ def memory_markdown(snapshot: dict, budget_bytes: int, resident_bytes: int) -> s
 def cache_rows(entries: list[dict]) -> list[list[Any]]:
     return [[e["model"], e["preset"], round(e["footprint_bytes"] / MiB, 1), "yes" if e["in_use"] else ""]
             for e in entries]
+
+
+# -- agreement with fp32 ----------------------------------------------------------
+# ColorBrewer YlOrBr: sequential and colour-blind safe; dark text stays readable on every step.
+KL_STEPS = [(0.01, "transparent", "< 0.01"), (0.1, "#fff7bc", "0.01–0.1"), (0.5, "#fec44f", "0.1–0.5"),
+            (float("inf"), "#ec7014", "≥ 0.5")]
+METRIC_HEADERS = ["variant", "KL mean (nats)", "KL max", "top-1 agreement", "p(fp32 token)", "perplexity",
+                  "first divergence"]
+
+
+def _fmt(value: Any, spec: str) -> str:
+    return "–" if value is None else format(value, spec)
+
+
+def agreement_rows(frame: dict) -> list[list[str]]:
+    rows = []
+    for v in frame["variants"]:
+        first = v.get("first_divergence_token")
+        rows.append([v["name"], _fmt(v.get("kl_divergence_mean"), ".4f"), _fmt(v.get("kl_divergence_max"), ".3f"),
+                     _fmt(v.get("top1_agreement"), ".0%"), _fmt(v.get("reference_token_prob_mean"), ".0%"),
+                     _fmt(v.get("perplexity"), ".2f"),
+                     ("never" if v.get("top1_agreement") is not None else "–") if first is None else f"token {first}"])
+    return rows
+
+
+def readings_markdown(frame: dict) -> str:
+    lines = [f"- {esc(v['reading'])}" for v in frame["variants"][1:] if v.get("reading")]
+    return "\n".join(lines) or "_Agreement metrics appear when a comparison finishes._"
+
+
+def legend_html() -> str:
+    swatches = "".join(f'<span class="qp-tok" style="background:{color}">KL {label}</span> '
+                       for _, color, label in KL_STEPS)
+    return (f'<div class="qp-legend">{swatches}<span class="qp-tok qp-miss">different top-1 token</span> '
+            "· hover a token for fp32's and the variant's top choices</div>")
+
+
+def _alternatives(pairs: list) -> str:
+    return ", ".join(f"{text!r} {p:.0%}" for text, p in pairs)
+
+
+def token_html(variant: dict) -> str:
+    """fp32's continuation token by token, shaded by KL(fp32 ‖ variant); top-1 disagreements outlined."""
+    if not variant.get("token_scores"):
+        return ""
+    spans = []
+    for i, t in enumerate(variant["token_scores"]):
+        color = next(c for limit, c, _ in KL_STEPS if t["kl"] < limit)
+        title = (f"token {i}: {t['text']!r} · KL {t['kl']:.3f} · {variant['name']} gives it {t['reference_prob']:.0%}\n"
+                 f"fp32 top: {_alternatives(t['fp32_top'])}\n{variant['name']} top: {_alternatives(t['variant_top'])}")
+        cls = "qp-tok" + ("" if t["agree"] else " qp-miss")
+        text = esc(t["text"]).replace("\n", "↵<br>")
+        spans.append(f'<span class="{cls}" style="background:{color}" title="{html.escape(title, quote=True)}">{text}</span>')
+    return (f'<div class="qp-tokens"><b>{esc(variant["name"])}</b> vs fp32: '
+            f'{_fmt(variant.get("top1_agreement"), ".0%")} same top-1<br>{"".join(spans)}</div>')

@@ -74,6 +74,8 @@ def compare_in_browser(url: str, prompt: str, screenshot: Path, timeout_ms: int 
                 "stats": [page.inner_text(f"#col-stats-{i}") for i in range(3)],
                 "live": page.inner_text("#live-memory"),
                 "plot_visible": page.locator("#footprint-plot").is_visible(),
+                "readings": page.inner_text("#readings"),
+                "tokens": page.inner_html("#tokens-1"),
             }
             page.screenshot(path=str(screenshot), full_page=True)
             return shown

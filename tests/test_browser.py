@@ -25,4 +25,6 @@ def test_compare_fills_every_column_with_memory_figures(chromium, app_url, tmp_p
     assert "smaller" in shown["stats"][1] and "smaller" in shown["stats"][2]
     assert "process RAM" in shown["live"] or "VRAM" in shown["live"]
     assert shown["plot_visible"]
+    assert "int8 agrees with fp32 on" in shown["readings"] and "nf4 agrees with fp32 on" in shown["readings"]
+    assert 'class="qp-tok' in shown["tokens"] and "fp32 top:" in shown["tokens"]  # hover titles
     assert shot.stat().st_size > 20_000

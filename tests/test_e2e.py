@@ -69,3 +69,17 @@ def test_cli_json_prints_the_schema_and_nothing_else(bundled_cache):
                           "kv_cache_bytes", "load_seconds", "cache_hit", "ttft_seconds", "tokens_per_second"}
         assert v["status"] == "done" and v["text"]
     assert "MatMul8bitLt" not in out.stderr
+
+
+def test_agreement_orders_int8_nf4_fp4_over_the_example_prompts(bundled_cache):
+    """Mean KL from fp32, averaged over the shipped example prompts: int8 < nf4 < fp4."""
+    from quantplay.ui import EXAMPLES
+
+    kl: dict[str, list[float]] = {"int8": [], "nf4": [], "fp4": []}
+    for prompt in EXAMPLES:
+        final = list(run_comparison(catalog.BUNDLED_NAME, ["int8", "nf4", "fp4"], prompt,
+                                    GenerationSettings(max_new_tokens=20), cache=bundled_cache))[-1]
+        for v in final.variants[1:]:
+            kl[v.name].append(v.kl_divergence_mean)
+    mean = {name: sum(values) / len(values) for name, values in kl.items()}
+    assert mean["int8"] < mean["nf4"] < mean["fp4"], mean

@@ -58,7 +58,7 @@ def test_stream_frames_and_render_drive_every_output(tiny_dir, monkeypatch, cach
     frames = list(ui.stream_frames(str(tiny_dir), ["nf4"], "Hi", max_new_tokens=4))
     assert frames[-1]["done"]
     updates = ui.render(frames[-1])
-    assert len(updates) == 1 + 4 * ui.MAX_COLUMNS + ui.MAX_COLUMNS + 1
+    assert len(updates) == 1 + 4 * ui.MAX_COLUMNS + ui.MAX_COLUMNS + 2 + (ui.MAX_COLUMNS - 1) + 1
     assert updates[0].startswith("Done.")
     assert "nf4" in updates[1 + 4 + 1]  # second column header
 
@@ -67,3 +67,35 @@ def test_the_demo_builds_with_its_api():
     demo = ui.build_demo()
     names = {d.api_name for d in demo.fns.values()}
     assert {"compare", "models", "presets"} <= names
+
+
+def test_token_view_escapes_text_and_marks_disagreements():
+    scores = [{"token_id": 1, "text": "<b>", "kl": 0.001, "reference_prob": 0.9, "agree": True,
+               "fp32_top": [("<b>", 0.9)], "variant_top": [("<b>", 0.9)]},
+              {"token_id": 2, "text": " x", "kl": 0.7, "reference_prob": 0.2, "agree": False,
+               "fp32_top": [(" x", 0.6)], "variant_top": [(" y", 0.5)]}]
+    page = views.token_html({"name": "nf4", "top1_agreement": 0.5, "token_scores": scores})
+    assert "<b>" not in page.replace("<b>nf4</b>", "") and "&lt;b&gt;" in page
+    assert page.count('class="qp-tok qp-miss"') == 1 and "#ec7014" in page
+    assert "nf4 top: &#x27; y&#x27; 50%" in page
+
+
+def test_agreement_table_and_readings():
+    frame = {"variants": [dict(REF, perplexity=1.5, first_divergence_token=None, top1_agreement=None),
+                          dict(REF, name="nf4", kl_divergence_mean=0.1812, kl_divergence_max=0.8, top1_agreement=0.66,
+                               reference_token_prob_mean=0.7, perplexity=1.9, first_divergence_token=4,
+                               reading="nf4 agrees with fp32 on 66% of next-token choices")]}
+    rows = views.agreement_rows(frame)
+    assert rows[0][:2] == ["fp32", "–"] and rows[0][5] == "1.50"
+    assert rows[1] == ["nf4", "0.1812", "0.800", "66%", "70%", "1.90", "token 4"]
+    assert "66% of next-token choices" in views.readings_markdown(frame)
+
+
+def test_insight_handlers():
+    from quantplay import ui_insight
+
+    note, rows = ui_insight.on_estimate("meta-llama/Llama-3.1-8B")
+    assert "8.03 B parameters" in note and rows[1][0] == "fp16" and rows[1][1] == "14.96"
+    import gradio as gr
+    with pytest.raises(gr.Error, match="Configs shipped"):
+        ui_insight.on_estimate("nobody/nothing")

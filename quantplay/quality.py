@@ -1,0 +1,122 @@
+"""Agreement with fp32, teacher-forced: how far a variant's next-token distribution moves.
+
+Every variant reads the same token sequence (the prompt plus fp32's continuation,
+or a reference text) in one forward pass; the distributions at each position are
+compared with fp32's, as llama.cpp's `perplexity --kl-divergence` does for GGUF
+files. The pure functions take logits; `score_sequences` runs the forward passes.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+TOP_K = 3  # alternatives shown per token
+
+
+@dataclass
+class TokenScore:
+    """One position of the reference continuation, seen by fp32 and by a variant."""
+
+    token_id: int
+    text: str
+    kl: float  # KL(P_fp32 || P_variant), nats
+    reference_prob: float  # probability the variant gives fp32's token
+    agree: bool  # the variant's argmax equals fp32's
+    fp32_top: list[tuple[str, float]] = field(default_factory=list)
+    variant_top: list[tuple[str, float]] = field(default_factory=list)
+
+
+@dataclass
+class Agreement:
+    kl_divergence_mean: float
+    kl_divergence_max: float
+    top1_agreement: float
+    reference_token_prob_mean: float
+    perplexity: float
+    tokens: list[TokenScore] = field(default_factory=list)
+
+    def summary(self) -> dict[str, float]:
+        return {"kl_divergence_mean": self.kl_divergence_mean, "kl_divergence_max": self.kl_divergence_max,
+                "top1_agreement": self.top1_agreement, "reference_token_prob_mean": self.reference_token_prob_mean,
+                "perplexity": self.perplexity}
+
+
+def kl_per_position(ref_logits: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
+    """KL(P_ref || P) for each row of [positions, vocab] logits, in nats."""
+    ref_logp = torch.log_softmax(ref_logits.float(), dim=-1)
+    logp = torch.log_softmax(logits.float(), dim=-1)
+    return (ref_logp.exp() * (ref_logp - logp)).sum(dim=-1).clamp_min(0.0)
+
+
+def perplexity(logits: torch.Tensor, targets: torch.Tensor) -> float:
+    """exp(mean negative log-likelihood) of `targets` under [positions, vocab] logits."""
+    nll = torch.nn.functional.cross_entropy(logits.float(), targets, reduction="mean")
+    return float(math.exp(nll.item()))
+
+
+def agreement(ref_logits: torch.Tensor, logits: torch.Tensor, targets: torch.Tensor,
+              decode: Callable[[int], str] | None = None) -> Agreement:
+    """Compare a variant's logits with fp32's at the positions that predict `targets` (fp32's tokens)."""
+    kl = kl_per_position(ref_logits, logits)
+    probs = torch.softmax(logits.float(), dim=-1)
+    ref_probs = torch.softmax(ref_logits.float(), dim=-1)
+    agree = probs.argmax(-1) == ref_probs.argmax(-1)
+    target_probs = probs.gather(-1, targets[:, None]).squeeze(-1)
+    tokens = []
+    if decode is not None:
+        ref_top = ref_probs.topk(TOP_K, dim=-1)
+        top = probs.topk(TOP_K, dim=-1)
+        for i, token in enumerate(targets.tolist()):
+            tokens.append(TokenScore(
+                token, decode(token), float(kl[i]), float(target_probs[i]), bool(agree[i]),
+                [(decode(t), float(p)) for t, p in zip(ref_top.indices[i].tolist(), ref_top.values[i].tolist())],
+                [(decode(t), float(p)) for t, p in zip(top.indices[i].tolist(), top.values[i].tolist())]))
+    return Agreement(
+        kl_divergence_mean=float(kl.mean()), kl_divergence_max=float(kl.max()),
+        top1_agreement=float(agree.float().mean()), reference_token_prob_mean=float(target_probs.mean()),
+        perplexity=perplexity(logits, targets), tokens=tokens)
+
+
+def first_divergence(reference: Sequence[int], variant: Sequence[int]) -> int | None:
+    """Index of the first generated token where `variant` departs from `reference`.
+
+    A shorter output departs where it ends; None if they never depart.
+    """
+    for i, (a, b) in enumerate(zip(reference, variant)):
+        if a != b:
+            return i
+    if len(reference) != len(variant):
+        return min(len(reference), len(variant))
+    return None
+
+
+@torch.inference_mode()
+def sequence_logits(model, ids: Sequence[int], start: int) -> torch.Tensor:
+    """Logits at positions start-1 … len-2: the predictions of ids[start:]. One forward pass."""
+    input_ids = torch.tensor([list(ids)], dtype=torch.long, device=model.device)
+    logits = model(input_ids=input_ids, attention_mask=torch.ones_like(input_ids)).logits[0]
+    return logits[start - 1:-1].float().cpu()
+
+
+def score_variants(models: Sequence[Any], ids: Sequence[int], start: int,
+                   decode: Callable[[int], str] | None = None) -> list[Agreement]:
+    """Teacher-forced agreement of every model with models[0] (fp32) on ids[start:]."""
+    if start < 1 or start >= len(ids):
+        raise ValueError("Nothing to score: the sequence needs at least one token after the first.")
+    targets = torch.tensor(list(ids[start:]), dtype=torch.long)
+    ref = sequence_logits(models[0], ids, start)
+    results = [agreement(ref, ref, targets, decode)]
+    for model in models[1:]:
+        results.append(agreement(ref, sequence_logits(model, ids, start), targets, decode))
+    return results
+
+
+def plain_reading(name: str, a: Agreement) -> str:
+    """One sentence for a classroom."""
+    return (f"{name} agrees with fp32 on {a.top1_agreement:.0%} of next-token choices; on average it gives "
+            f"fp32's token {a.reference_token_prob_mean:.0%} probability (KL {a.kl_divergence_mean:.3f} nats).")

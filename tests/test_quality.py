@@ -1,0 +1,74 @@
+import math
+
+import pytest
+import torch
+
+from quantplay import quality
+from quantplay.compare import run_comparison, score_text
+from quantplay.presets import PRESETS
+from quantplay.streaming import GenerationSettings
+
+
+def test_metrics_match_a_direct_computation():
+    torch.manual_seed(0)
+    ref, var = torch.randn(6, 11), torch.randn(6, 11)
+    targets = torch.tensor([1, 4, 4, 0, 10, 3])
+    a = quality.agreement(ref, var, targets)
+    p, q = torch.softmax(ref, -1), torch.softmax(var, -1)
+    p, q = p.double().tolist(), q.double().tolist()
+    targets_list = targets.tolist()
+    kl = [sum(p[i][j] * math.log(p[i][j] / q[i][j]) for j in range(11)) for i in range(6)]
+    assert a.kl_divergence_mean == pytest.approx(sum(kl) / 6, rel=1e-4)
+    assert a.kl_divergence_max == pytest.approx(max(kl), rel=1e-4)
+    agree = [int(p[i].index(max(p[i])) == q[i].index(max(q[i]))) for i in range(6)]
+    assert a.top1_agreement == pytest.approx(sum(agree) / 6)
+    assert a.reference_token_prob_mean == pytest.approx(sum(q[i][t] for i, t in enumerate(targets_list)) / 6, rel=1e-5)
+    nll = -sum(math.log(q[i][t]) for i, t in enumerate(targets_list)) / 6
+    assert a.perplexity == pytest.approx(math.exp(nll), rel=1e-4)
+
+
+def test_a_model_against_itself_agrees_completely():
+    logits = torch.randn(5, 40)
+    a = quality.agreement(logits, logits.clone(), torch.tensor([0, 1, 2, 3, 4]))
+    assert a.kl_divergence_mean == pytest.approx(0.0, abs=1e-6) and a.top1_agreement == 1.0
+
+
+@pytest.mark.parametrize("ref, var, expected", [
+    ([1, 2, 3], [1, 2, 3], None), ([1, 2, 3], [1, 9, 3], 1), ([1, 2, 3], [1, 2], 2), ([1, 2], [1, 2, 3], 2),
+    ([5], [6], 0), ([], [], None),
+])
+def test_first_divergence(ref, var, expected):
+    assert quality.first_divergence(ref, var) == expected
+
+
+def test_comparison_carries_agreement_metrics(tiny_source, cache):
+    final = list(run_comparison(str(tiny_source.path), ["fp32", "nf4", "fp4"], "Hello", GenerationSettings(max_new_tokens=10),
+                                cache=cache, device_map="cpu"))[-1]
+    fp32, nf4, fp4 = final.variants
+    assert fp32.perplexity > 0 and fp32.kl_divergence_mean is None
+    assert len(fp32.token_scores) == 10 and all(t["kl"] == pytest.approx(0, abs=1e-5) for t in fp32.token_scores)
+    for v in (nf4, fp4):
+        assert v.kl_divergence_mean is not None and 0 <= v.top1_agreement <= 1
+        assert v.kl_divergence_max >= v.kl_divergence_mean >= 0
+        assert v.first_divergence_token == quality.first_divergence(fp32.token_ids, v.token_ids)
+        assert v.reading.startswith(f"{v.name} agrees with fp32 on ")
+        assert len(v.token_scores) == 10 and len(v.token_scores[0]["fp32_top"]) == quality.TOP_K
+    # the teacher-forced scores are the real model's: recompute nf4's directly
+    entry, _ = cache.get(tiny_source, PRESETS["nf4"], "cpu")
+    ref_entry, _ = cache.get(tiny_source, PRESETS["fp32"], "cpu")
+    ids = final.prompt_token_ids + fp32.token_ids
+    start = len(final.prompt_token_ids)
+    direct = quality.agreement(quality.sequence_logits(ref_entry.model, ids, start),
+                               quality.sequence_logits(entry.model, ids, start), torch.tensor(fp32.token_ids))
+    assert nf4.kl_divergence_mean == pytest.approx(direct.kl_divergence_mean, rel=1e-4)
+
+
+def test_reference_text_mode(tiny_source, cache):
+    result = score_text(str(tiny_source.path), ["int8"], "The capital of Italy is Rome. Quantization stores weights.",
+                        cache=cache, device_map="cpu")
+    fp32, int8 = result["variants"]
+    assert result["tokens"] > 5
+    assert fp32["kl_divergence_mean"] == pytest.approx(0, abs=1e-5) and fp32["top1_agreement"] == 1.0
+    assert int8["perplexity"] > 1 and int8["kl_divergence_mean"] >= 0
+    with pytest.raises(ValueError, match="empty"):
+        score_text(str(tiny_source.path), ["int8"], "  ", cache=cache, device_map="cpu")
