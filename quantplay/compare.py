@@ -13,7 +13,7 @@ import queue
 import re
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Generator, Iterator, Sequence
 from contextlib import ExitStack
 from dataclasses import dataclass, field
 from typing import Any
@@ -22,13 +22,15 @@ import torch
 
 from . import catalog, metrics, quality
 from .catalog import ModelSource
+from .compute import COMPUTE
 from .loader import LoadedModel, ModelCache, default_cache, resolve_device
 from .presets import PRESETS, REFERENCE, PresetError, QuantPreset, get_preset
-from .streaming import GenerationSettings, IncrementalDecoder, TokenStream, TurnTaker
+from .streaming import SCHEDULES, GenerationSettings, IncrementalDecoder, TokenStream
 
 _CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
-_TURNS = TurnTaker()  # process-wide: every stream on this machine takes turns
 JOIN_SECONDS = 30.0
+MAX_KEPT_LOGITS_BYTES = 256 * 2**20
+FRAME_SECONDS = 0.05  # at most ~20 frames a second: tokens that arrive faster are batched into one frame
 
 
 def _env_int(name: str, default: int) -> int:
@@ -69,6 +71,7 @@ class VariantResult:
     footprint_hf_bytes: int | None = None
     kv_cache_bytes: int | None = None
     load_seconds: float | None = None
+    loaded_from: str | None = None  # "checkpoint" (quantized on load) or "disk cache" (prequantized)
     cache_hit: bool | None = None
     ttft_seconds: float | None = None
     tokens_per_second: float | None = None
@@ -228,8 +231,8 @@ def run_comparison(
     cache = cache or default_cache()
     cache.check_fits([(source, p, device) for p in presets])
     schedule = schedule or ("threads" if device.startswith("cuda") else "interleave")
-    if schedule not in ("threads", "interleave"):
-        raise ValueError("schedule must be 'threads' or 'interleave'.")
+    if schedule not in SCHEDULES:
+        raise ValueError(f"schedule must be one of {', '.join(SCHEDULES)}.")
 
     result = ComparisonResult(
         model=source.name, prompt=prompt, settings=dataclasses.asdict(settings),
@@ -258,7 +261,7 @@ def run_comparison(
                 yield result.snapshot()
                 continue
             row.cache_hit = hit
-            row.load_seconds = entry.load_seconds
+            row.load_seconds, row.loaded_from = entry.load_seconds, entry.loaded_from
             row.footprint_bytes, row.footprint_hf_bytes = entry.footprint_bytes, entry.footprint_hf_bytes
             row.warnings += entry.warnings
             row.message = "cached" if hit else f"loaded {preset.name} in {time.perf_counter() - start:.1f} s"
@@ -272,9 +275,10 @@ def run_comparison(
         ids, prompt_warnings = encode_prompt(tokenizer, prompt, settings.chat_template, limits)
         result.prompt_token_ids = ids
         result.warnings += prompt_warnings
-        yield from _stream_all(result, loaded, ids, settings, stop, schedule, device)
+        own = yield from _stream_all(result, loaded, ids, settings, stop, schedule, device)
         if not (stop is not None and stop.is_set()):
-            _score(result, loaded, ids, turns=_TURNS if schedule == "interleave" else None)
+            _score(result, loaded, ids, own)
+        del own  # logits and KV caches: free them before the last frame
     result.memory = metrics.memory_snapshot(device)
     result.done = True
     yield result.snapshot()
@@ -289,23 +293,32 @@ def _code(preset: QuantPreset, source: ModelSource, device: str, device_map: str
 
 def _stream_all(result: ComparisonResult, loaded: list[tuple[VariantResult, LoadedModel]], ids: list[int],
                 settings: GenerationSettings, stop: threading.Event | None, schedule: str,
-                device: str) -> Iterator[ComparisonResult]:
+                device: str) -> Generator[ComparisonResult, None, dict[str, quality.OwnRun]]:
+    """Stream every loaded variant; returns what each generation left for scoring."""
     events: queue.Queue = queue.Queue()
     input_ids = torch.tensor([ids], dtype=torch.long)
-    turns = _TURNS if schedule == "interleave" else None
     streams: dict[TokenStream, tuple[VariantResult, IncrementalDecoder]] = {}
+    # Each variant's own logits are its teacher-forced predictions up to where it departs from fp32:
+    # kept (within a memory cap), they spare most of the scoring's forward passes.
+    vocab = getattr(loaded[0][1].model.config, "vocab_size", 0)
+    keep = len(loaded) * settings.max_new_tokens * vocab * 4 <= MAX_KEPT_LOGITS_BYTES
     for row, entry in loaded:
         tok = entry.tokenizer
         pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
-        stream = TokenStream(entry.model, input_ids, settings, pad_token_id=pad, events=events, turns=turns,
-                             model_lock=None if turns else entry.generate_lock, tag=row.name)
+        stream = TokenStream(entry.model, input_ids, settings, pad_token_id=pad, events=events, schedule=schedule,
+                             model_lock=entry.generate_lock if schedule == "threads" else None,
+                             keep_logits=keep, tag=row.name)
         streams[stream] = (row, IncrementalDecoder(tok))
         row.status, row.message = "generating", "generating…"
     try:
         for stream in streams:
             stream.start()
         running = len(streams)
+        last_frame = 0.0
         while running:
+            pause = last_frame + FRAME_SECONDS - time.perf_counter()
+            if pause > 0:  # let tokens gather: fewer frames, and the consumer stays off the CPU meanwhile
+                time.sleep(pause)
             try:
                 first = events.get(timeout=0.5)
             except queue.Empty:
@@ -329,16 +342,19 @@ def _stream_all(result: ComparisonResult, loaded: list[tuple[VariantResult, Load
                     running -= 1
                     _finish(row, stream, decoder, tag, payload)
             if batch:
+                last_frame = time.perf_counter()
                 yield result.snapshot()
     finally:
         for stream in streams:
             stream.stop()
         for stream in streams:
             stream.join(JOIN_SECONDS)
+    return {row.name: quality.OwnRun(s.result.logits, s.result.past_key_values, list(row.token_ids))
+            for s, (row, _) in streams.items()}
 
 
 def _score(result: ComparisonResult, loaded: list[tuple[VariantResult, LoadedModel]], prompt_ids: list[int],
-           turns: TurnTaker | None) -> None:
+           own: dict[str, quality.OwnRun] | None = None) -> None:
     """Teacher-forced agreement of every finished variant with fp32, on fp32's continuation."""
     reference = result.variants[0]
     done = [(row, entry) for row, entry in loaded if row.status == "done"]
@@ -346,18 +362,13 @@ def _score(result: ComparisonResult, loaded: list[tuple[VariantResult, LoadedMod
         result.warnings.append("No agreement metrics: the fp32 reference did not finish.")
         return
     tokenizer = done[0][1].tokenizer
-    who = object()
-    if turns is not None:
-        turns.acquire(who)
     try:
-        scores = quality.score_variants([entry.model for _, entry in done], prompt_ids + reference.token_ids,
-                                        len(prompt_ids), decode=lambda t: tokenizer.decode([t]))
+        scores = COMPUTE.call(quality.score_variants, [entry.model for _, entry in done],
+                              prompt_ids + reference.token_ids, len(prompt_ids), decode=lambda t: tokenizer.decode([t]),
+                              own=[(own or {}).get(row.name) for row, _ in done])
     except Exception as exc:  # metrics must never cost the user the answers
         result.warnings.append(f"Agreement metrics failed: {_error_text(exc)}")
         return
-    finally:
-        if turns is not None:
-            turns.release(who)
     for (row, _), agreement in zip(done, scores):
         row.perplexity = agreement.perplexity
         row.token_scores = [dataclasses.asdict(t) for t in agreement.tokens]
@@ -378,7 +389,6 @@ def _finish(row: VariantResult, stream: TokenStream, decoder: IncrementalDecoder
     row.text, row.token_ids, row.new_tokens = decoder.finish(), decoder.ids, len(decoder.ids)
     _timings(row, stream)
     row.kv_cache_bytes = metrics.kv_cache_bytes(stream.result.past_key_values)
-    stream.result.past_key_values = None
     if tag == "error":
         row.status, row.error, row.message = "error", _error_text(payload), "generation failed"
     elif stream.result.stopped:
@@ -417,12 +427,7 @@ def score_text(model: str, variants: Sequence[str] | str | None, text: str, *, c
             ids = ids[:limit]
         if len(ids) < 2:
             raise ValueError("The text needs at least two tokens to score.")
-        who = object()
-        _TURNS.acquire(who)
-        try:
-            scores = quality.score_variants([e.model for _, e in entries], ids, 1)
-        finally:
-            _TURNS.release(who)
+        scores = COMPUTE.call(quality.score_variants, [e.model for _, e in entries], ids, 1)
     for (preset, _), agreement in zip(entries, scores):
         rows.append({"name": preset.name, "error": None, **agreement.summary()})
     order = [p.name for p in presets]

@@ -160,17 +160,18 @@ def _version(name: str) -> str | None:
 
 
 def environment(device: str | None = None) -> dict[str, Any]:
-    device = device or default_device()
-    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
+    return {"device": device or default_device(), **_static_environment(), "threads": torch.get_num_threads()}
+
+
+@functools.lru_cache(maxsize=1)
+def _static_environment() -> dict[str, Any]:
     return {
-        "device": device,
         "torch": torch.__version__,
         "transformers": _version("transformers"),
         "bitsandbytes": _version("bitsandbytes"),
-        "threads": torch.get_num_threads(),
         "cpu_count": os.cpu_count(),
         "cpu_flags": list(cpu_flags()),
         "platform": platform.platform(),
         "python": platform.python_version(),
-        "gpu": gpu,
+        "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
     }

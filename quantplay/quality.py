@@ -103,16 +103,59 @@ def sequence_logits(model, ids: Sequence[int], start: int) -> torch.Tensor:
     return logits[start - 1:-1].float().cpu()
 
 
+@dataclass
+class OwnRun:
+    """What a variant's own generation left: its logits per step, its KV cache, its tokens."""
+
+    logits: torch.Tensor | None = None
+    cache: Any = None
+    token_ids: Sequence[int] = ()
+
+
+@torch.inference_mode()
+def teacher_forced_logits(model, ids: Sequence[int], start: int, own: OwnRun | None = None) -> torch.Tensor:
+    """The model's predictions of ids[start:], reusing its own generation where it can.
+
+    Up to the first token where its free-running output departed from ids[start:], the
+    prefixes are the same, so its own generation logits are exactly the teacher-forced ones;
+    after it, its KV cache is cropped to the shared prefix and only the rest is fed.
+    A variant that never departed costs no forward pass at all.
+    """
+    n = len(ids) - start
+    if own is not None and own.logits is not None:
+        d = first_divergence(list(ids[start:]), list(own.token_ids))
+        d = n if d is None else d
+        if d >= n and own.logits.shape[0] >= n:
+            return own.logits[:n]
+        if own.cache is not None and own.logits.shape[0] >= d:
+            try:
+                shared = start + d - 1  # positions whose keys/values both sequences share
+                own.cache.crop(shared)
+                feed = torch.tensor([list(ids[shared:-1])], dtype=torch.long, device=model.device)
+                mask = torch.ones((1, len(ids) - 1), dtype=torch.long, device=model.device)
+                out = model(input_ids=feed, past_key_values=own.cache, attention_mask=mask, use_cache=True)
+                return torch.cat([own.logits[:d], out.logits[0].float().cpu()])
+            except Exception:  # a cache that cannot be cropped: fall back to the full pass
+                pass
+    return sequence_logits(model, ids, start)
+
+
 def score_variants(models: Sequence[Any], ids: Sequence[int], start: int,
-                   decode: Callable[[int], str] | None = None) -> list[Agreement]:
-    """Teacher-forced agreement of every model with models[0] (fp32) on ids[start:]."""
+                   decode: Callable[[int], str] | None = None,
+                   own: Sequence[OwnRun | None] | None = None) -> list[Agreement]:
+    """Teacher-forced agreement of every model with models[0] (fp32) on ids[start:].
+
+    `own[i]`, when given, is what model i's generation left (see `teacher_forced_logits`):
+    fp32's own logits are its teacher-forced predictions of its own continuation.
+    """
     if start < 1 or start >= len(ids):
         raise ValueError("Nothing to score: the sequence needs at least one token after the first.")
+    own = list(own) if own is not None else [None] * len(models)
     targets = torch.tensor(list(ids[start:]), dtype=torch.long)
-    ref = sequence_logits(models[0], ids, start)
+    ref = teacher_forced_logits(models[0], ids, start, own[0])
     results = [agreement(ref, ref, targets, decode)]
-    for model in models[1:]:
-        results.append(agreement(ref, sequence_logits(model, ids, start), targets, decode))
+    for model, run in zip(models[1:], own[1:]):
+        results.append(agreement(ref, teacher_forced_logits(model, ids, start, run), targets, decode))
     return results
 
 

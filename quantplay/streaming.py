@@ -1,10 +1,12 @@
-"""One variant's token stream: `model.generate` in a worker thread, tokens out a queue.
+"""One variant's token stream: `model.generate` with tokens out a queue.
 
-`TokenStream` owns the thread, the stop flag and the timings; it knows nothing
-about other variants except the optional `TurnTaker` it shares with them,
-which lets N streams take turns on the CPU one forward pass at a time instead
-of fighting over its cores. Sampling uses a per-stream `torch.Generator`, so a
-seed gives every variant the same random draws whatever the thread interleaving.
+`TokenStream` owns the stop flag and the timings. With the "interleave"
+schedule (the CPU default) it runs as a greenlet on quantplay's compute
+thread and hands over after every token, so N variants take turns one
+forward pass at a time; with "threads" it gets a thread of its own (for
+GPUs, where concurrent kernels can pay). Sampling uses a per-stream
+`torch.Generator`, so a seed gives every variant the same random draws
+whatever the interleaving. It knows nothing about the other variants.
 """
 
 from __future__ import annotations
@@ -12,7 +14,6 @@ from __future__ import annotations
 import queue
 import threading
 import time
-from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -20,46 +21,28 @@ import torch
 from transformers import LogitsProcessor, LogitsProcessorList, StoppingCriteria, StoppingCriteriaList
 from transformers.generation.streamers import BaseStreamer
 
-STOPPED = "stopped"
+from .compute import COMPUTE
+
+SCHEDULES = ("interleave", "threads")
+_live: set = set()
+_live_lock = threading.Lock()
+
+
+def live_streams() -> int:
+    """Streams started and not yet finished (tests use it to show none are orphaned)."""
+    with _live_lock:
+        return len(_live)
 
 
 @dataclass(frozen=True)
 class GenerationSettings:
     max_new_tokens: int = 64
+    min_new_tokens: int = 0  # the benchmark forces a length; users leave it at 0
     do_sample: bool = False
     temperature: float = 0.7
     top_p: float = 0.9
     seed: int = 0
     chat_template: bool = True
-
-
-class TurnTaker:
-    """A fair (FIFO) baton: one holder at a time, handed on in arrival order."""
-
-    def __init__(self) -> None:
-        self._cond = threading.Condition()
-        self._queue: deque[object] = deque()
-
-    def acquire(self, who: object) -> None:
-        with self._cond:
-            self._queue.append(who)
-            self._cond.wait_for(lambda: self._queue[0] is who)
-
-    def release(self, who: object) -> None:
-        with self._cond:
-            if self._queue and self._queue[0] is who:
-                self._queue.popleft()
-            elif who in self._queue:
-                self._queue.remove(who)
-            self._cond.notify_all()
-
-    def pass_on(self, who: object) -> None:
-        """Let everyone waiting go first, then take the baton back."""
-        with self._cond:
-            if len(self._queue) <= 1:
-                return
-        self.release(who)
-        self.acquire(who)
 
 
 class SeededSampler(LogitsProcessor):
@@ -110,9 +93,9 @@ class _Hooks(StoppingCriteria, BaseStreamer):
         now = time.perf_counter()
         stream.result.step_seconds.append(now - stream._turn_start)
         stream._turn_start = now
-        if stream.turns is not None and not stream.stop_event.is_set():
-            stream.turns.pass_on(stream)
-            stream._turn_start = time.perf_counter()  # time spent waiting for others is not ours
+        if stream.schedule == "interleave" and not stream.stop_event.is_set():
+            COMPUTE.yield_turn()
+            stream._turn_start = time.perf_counter()  # time spent while others took their turn is not ours
         stop = stream.stop_event.is_set()
         return torch.full((input_ids.shape[0],), stop, dtype=torch.bool, device=input_ids.device)
 
@@ -132,6 +115,7 @@ class StreamResult:
     started: float = 0.0
     finished: float | None = None
     past_key_values: Any = None
+    logits: torch.Tensor | None = None  # [tokens, vocab] float32, when kept (the fp32 reference's)
     stopped: bool = False
     error: BaseException | None = None
 
@@ -162,31 +146,38 @@ class TokenStream:
 
     def __init__(self, model, input_ids: torch.Tensor, settings: GenerationSettings, *,
                  pad_token_id: int | None = None, events: queue.Queue | None = None,
-                 turns: TurnTaker | None = None, model_lock: threading.Lock | None = None,
-                 tag: Any = None) -> None:
+                 schedule: str = "interleave", model_lock: threading.Lock | None = None,
+                 keep_logits: bool = False, tag: Any = None) -> None:
+        if schedule not in SCHEDULES:
+            raise ValueError(f"schedule must be one of {', '.join(SCHEDULES)}.")
         self.model = model
         self.input_ids = input_ids
         self.settings = settings
         self.pad_token_id = pad_token_id
         self.events = events if events is not None else queue.Queue()
-        self.turns = turns
-        self.model_lock = model_lock
+        self.schedule = schedule
+        self.model_lock = model_lock  # threads: one generation at a time per model
+        self.keep_logits = keep_logits
         self.tag = tag
         self.stop_event = threading.Event()
+        self.finished = threading.Event()
         self.result = StreamResult()
         self._turn_start = 0.0
-        self.thread = threading.Thread(target=self._run, name=f"quantplay-generate-{tag}", daemon=True)
 
     def start(self) -> TokenStream:
-        self.thread.start()
+        with _live_lock:
+            _live.add(self)
+        if self.schedule == "interleave":
+            COMPUTE.spawn(self._run)
+        else:
+            threading.Thread(target=self._run, name=f"quantplay-generate-{self.tag}", daemon=True).start()
         return self
 
     def stop(self) -> None:
         self.stop_event.set()
 
     def join(self, timeout: float | None = None) -> bool:
-        self.thread.join(timeout)
-        return not self.thread.is_alive()
+        return self.finished.wait(timeout)
 
     def _push(self, tag: str, payload: Any) -> None:
         if tag == "token":
@@ -200,10 +191,12 @@ class TokenStream:
             "input_ids": self.input_ids.to(self.model.device),
             "attention_mask": torch.ones_like(self.input_ids).to(self.model.device),
             "max_new_tokens": s.max_new_tokens,
+            "min_new_tokens": s.min_new_tokens or None,
             "do_sample": False,
             "streamer": hooks,
             "stopping_criteria": StoppingCriteriaList([hooks]),
             "return_dict_in_generate": True,
+            "output_logits": self.keep_logits,
             "pad_token_id": self.pad_token_id,
         }
         if s.do_sample:
@@ -212,20 +205,20 @@ class TokenStream:
 
     def _run(self) -> None:
         result = self.result
-        held = locked = False
+        locked = False
         try:
             kwargs = self._generate_kwargs()
             if self.model_lock is not None:
                 self.model_lock.acquire()
                 locked = True
-            if self.turns is not None:
-                self.turns.acquire(self)
-                held = True
             result.started = self._turn_start = time.perf_counter()
             if not self.stop_event.is_set():
-                with torch.inference_mode():
-                    out = self.model.generate(**kwargs)
+                # No inference_mode: its state belongs to the thread, and greenlets sharing one thread
+                # would restore it out of order. generate() runs under no_grad, which is enough.
+                out = self.model.generate(**kwargs)
                 result.past_key_values = getattr(out, "past_key_values", None)
+                if self.keep_logits and getattr(out, "logits", None):
+                    result.logits = torch.stack([step[0] for step in out.logits]).float().cpu()
             result.stopped = self.stop_event.is_set()
             result.finished = time.perf_counter()
             self._push("done", None)
@@ -234,10 +227,11 @@ class TokenStream:
             result.finished = time.perf_counter()
             self._push("error", exc)
         finally:
-            if held:
-                self.turns.release(self)
             if locked:
                 self.model_lock.release()
+            with _live_lock:
+                _live.discard(self)
+            self.finished.set()
 
 
 class IncrementalDecoder:

@@ -73,7 +73,7 @@ def test_bundled_conversion_is_atomic_and_reports_progress(tmp_path, monkeypatch
     with pytest.raises(KeyboardInterrupt):
         catalog.ensure_bundled(lambda f, m: messages.append(m))
     models = tmp_path / "models"
-    assert list(models.iterdir()) == []  # no half-written model left to be used later
+    assert [p for p in models.iterdir() if p.is_dir()] == []  # no half-written model left to be used later
     assert "half way" in messages and "converting" in messages[0]
 
     def fake(gguf, out, report):
@@ -82,4 +82,4 @@ def test_bundled_conversion_is_atomic_and_reports_progress(tmp_path, monkeypatch
     monkeypatch.setattr(catalog, "_convert_gguf", fake)
     target = catalog.ensure_bundled(lambda f, m: messages.append(m))
     assert (target / "config.json").is_file() and (target / "quantplay.json").is_file()
-    assert [p.name for p in models.iterdir()] == [target.name]
+    assert [p.name for p in models.iterdir() if p.is_dir()] == [target.name]

@@ -5,7 +5,7 @@ import pytest
 from quantplay.catalog import ModelUnavailable
 from quantplay.compare import Limits, run_comparison
 from quantplay.presets import PRESETS, PresetError
-from quantplay.streaming import GenerationSettings
+from quantplay.streaming import GenerationSettings, live_streams
 
 SETTINGS = GenerationSettings(max_new_tokens=12)
 
@@ -77,7 +77,7 @@ def test_stop_event_stops_every_variant(tiny_source, cache):
     final = frames[-1]
     assert final.done
     assert all(v.status == "stopped" and v.new_tokens < 400 for v in final.variants)
-    assert not [t for t in threading.enumerate() if t.name.startswith("quantplay-generate")]
+    assert live_streams() == 0
 
 
 def test_closing_the_generator_ends_generation(tiny_source, cache):
@@ -87,7 +87,7 @@ def test_closing_the_generator_ends_generation(tiny_source, cache):
         if any(v.new_tokens >= 2 for v in frame.variants):
             break
     frames.close()  # what gradio does when a user presses Stop or disconnects
-    assert not [t for t in threading.enumerate() if t.name.startswith("quantplay-generate")]
+    assert live_streams() == 0
 
 
 @pytest.mark.parametrize("kwargs, error, message", [

@@ -72,3 +72,26 @@ def test_reference_text_mode(tiny_source, cache):
     assert int8["perplexity"] > 1 and int8["kl_divergence_mean"] >= 0
     with pytest.raises(ValueError, match="empty"):
         score_text(str(tiny_source.path), ["int8"], "  ", cache=cache, device_map="cpu")
+
+
+def test_reusing_the_variants_own_generation_gives_the_teacher_forced_logits(tiny_source, cache):
+    """Own logits up to the first departure, then the cropped KV cache: same numbers as a full forward pass."""
+    from quantplay.streaming import TokenStream
+
+    fp32, _ = cache.get(tiny_source, PRESETS["fp32"], "cpu")
+    prompt = fp32.tokenizer("The capital of Italy is")["input_ids"]
+    checked = set()
+    for name in ("nf4", "fp4", "fp32"):
+        entry, _ = cache.get(tiny_source, PRESETS[name], "cpu")
+        ref = TokenStream(fp32.model, torch.tensor([prompt]), GenerationSettings(max_new_tokens=16)).start()
+        own = TokenStream(entry.model, torch.tensor([prompt]), GenerationSettings(max_new_tokens=16),
+                          keep_logits=True).start()
+        assert ref.join(60) and own.join(60)
+        ids = prompt + ref.result.token_ids
+        run = quality.OwnRun(own.result.logits, own.result.past_key_values, own.result.token_ids)
+        checked.add(quality.first_divergence(ref.result.token_ids, own.result.token_ids))
+        reused = quality.teacher_forced_logits(entry.model, ids, len(prompt), run)
+        full = quality.sequence_logits(entry.model, ids, len(prompt))
+        assert reused.shape == full.shape
+        torch.testing.assert_close(reused, full, atol=2e-3, rtol=1e-3)
+    assert None in checked and len(checked) >= 2  # fp32 never departs from itself; a 4-bit variant does

@@ -1,11 +1,10 @@
-import threading
 import time
 
 import pytest
 import torch
 
 from quantplay.presets import PRESETS
-from quantplay.streaming import GenerationSettings, IncrementalDecoder, TokenStream, TurnTaker
+from quantplay.streaming import GenerationSettings, IncrementalDecoder, TokenStream, live_streams
 
 
 @pytest.fixture
@@ -73,8 +72,7 @@ def test_seeded_sampling_is_reproducible_and_independent_of_other_streams(fp32):
     settings = GenerationSettings(max_new_tokens=15, do_sample=True, temperature=1.5, top_p=0.95, seed=7)
 
     def run(n_parallel):
-        turns = TurnTaker()
-        streams = [TokenStream(fp32.model, _prompt(fp32), settings, turns=turns).start() for _ in range(n_parallel)]
+        streams = [TokenStream(fp32.model, _prompt(fp32), settings).start() for _ in range(n_parallel)]
         for s in streams:
             s.join(60)
         return [s.result.token_ids for s in streams]
@@ -90,25 +88,34 @@ def test_seeded_sampling_is_reproducible_and_independent_of_other_streams(fp32):
     assert alone != greedy.result.token_ids or alone != other_seed.result.token_ids
 
 
-def test_turn_taker_hands_the_baton_round_robin():
-    turns = TurnTaker()
+def test_interleaved_streams_take_turns_token_by_token(fp32):
+    """Greenlets on the compute thread: while one stream waits its turn, the others advance."""
+    streams = [TokenStream(fp32.model, _prompt(fp32), GenerationSettings(max_new_tokens=12), tag=i) for i in range(3)]
     order = []
+    for s in streams:
+        s._push_original = s._push
 
-    def worker(name):
-        turns.acquire(name)
-        try:
-            for _ in range(3):
-                order.append(name)
-                time.sleep(0.01)
-                turns.pass_on(name)
-        finally:
-            turns.release(name)
+        def record(tag, payload, s=s):
+            if tag == "token":
+                order.append(s.tag)
+            s._push_original(tag, payload)
 
-    threads = [threading.Thread(target=worker, args=(n,)) for n in "abc"]
-    for t in threads:
-        t.start()
-        time.sleep(0.003)
-    for t in threads:
-        t.join(10)
-    assert sorted(order) == sorted("aaabbbccc")
-    assert order[3:6] != ["a", "a", "a"]  # nobody runs three steps in a row while others wait
+        s._push = record
+        s.start()
+    assert all(s.join(60) for s in streams)
+    assert live_streams() == 0
+    assert sorted(order) == sorted([0, 1, 2] * 12)
+    assert set(order[:6]) == {0, 1, 2}  # nobody finishes its 12 tokens before the others start
+
+
+def test_threads_schedule_runs_each_stream_on_its_own_thread(fp32):
+    import threading
+
+    lock = threading.Lock()
+    a = TokenStream(fp32.model, _prompt(fp32), GenerationSettings(max_new_tokens=5), schedule="threads", model_lock=lock)
+    b = TokenStream(fp32.model, _prompt(fp32), GenerationSettings(max_new_tokens=5), schedule="threads", model_lock=lock)
+    a.start(), b.start()
+    assert a.join(60) and b.join(60)
+    assert a.result.token_ids == b.result.token_ids and len(a.result.token_ids) == 5
+    with pytest.raises(ValueError, match="schedule"):
+        TokenStream(fp32.model, _prompt(fp32), GenerationSettings(), schedule="fastest")
