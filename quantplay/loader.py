@@ -26,8 +26,9 @@ from typing import Any
 
 import torch
 
-from . import estimate, metrics
+from . import diskcache, estimate, metrics
 from .catalog import ModelSource, ModelUnavailable
+from .compute import COMPUTE
 from .presets import PresetError, QuantPreset, torch_dtype
 
 log = logging.getLogger(__name__)
@@ -83,6 +84,7 @@ class LoadedModel:
     footprint_hf_bytes: int
     load_seconds: float
     warnings: list[str] = field(default_factory=list)
+    loaded_from: str = "checkpoint"  # or "disk cache": prequantized weights, no quantizing
     users: int = 0
     generate_lock: threading.Lock = field(default_factory=threading.Lock)  # for free-threaded streams
 
@@ -92,13 +94,14 @@ class LoadedModel:
 
     def describe(self) -> dict[str, Any]:
         return {"model": self.source.name, "preset": self.preset.name, "device": self.device,
-                "footprint_bytes": self.footprint_bytes, "in_use": self.users > 0}
+                "footprint_bytes": self.footprint_bytes, "in_use": self.users > 0, "loaded_from": self.loaded_from}
 
 
 def _load(source: ModelSource, preset: QuantPreset, device_map: str, device: str,
-          progress: Progress) -> tuple[Any, Any, list[str]]:
-    """One real `from_pretrained`, with errors a person can act on."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+          progress: Progress) -> tuple[Any, Any, list[str], str]:
+    """One real `from_pretrained` (from the disk cache of quantized weights when it has the
+    variant), with errors a person can act on."""
+    from transformers import AutoModelForCausalLM
 
     problems = preset.device_problems(device)
     if problems:
@@ -110,12 +113,20 @@ def _load(source: ModelSource, preset: QuantPreset, device_map: str, device: str
         "revision": source.revision,
         "trust_remote_code": trust_remote_code(),
     }
+    key = diskcache.entry_key(source, preset, device) if preset.quantized and diskcache.enabled() else None
+    cached = diskcache.lookup(key) if key else None
+    if cached is not None:
+        progress(0.1, f"loading prequantized {preset.name} of {source.name} from the disk cache…")
+        tokenizer = tokenizer_for(source)
+        model = AutoModelForCausalLM.from_pretrained(cached, dtype=kwargs["dtype"], device_map=kwargs["device_map"])
+        model.eval()
+        return model, tokenizer, warnings, "disk cache"
     if preset.quantized:
         kwargs["quantization_config"] = preset.to_bnb_config(device)
     progress(0.1, f"loading {preset.name} of {source.name}…")
     try:
-        tokenizer = AutoTokenizer.from_pretrained(source.path, revision=source.revision,
-                                                  trust_remote_code=kwargs["trust_remote_code"])
+        check_causal_lm(source)
+        tokenizer = tokenizer_for(source)
         model = AutoModelForCausalLM.from_pretrained(source.path, **kwargs)
     except ValueError as exc:
         text = str(exc)
@@ -131,7 +142,41 @@ def _load(source: ModelSource, preset: QuantPreset, device_map: str, device: str
     except torch.OutOfMemoryError:
         raise MemoryBudgetError(f"Out of memory while loading {preset.name} of {source.name!r}.") from None
     model.eval()
-    return model, tokenizer, warnings
+    if key:
+        progress(0.9, f"saving quantized {preset.name} to the disk cache…")
+        diskcache.store(key, model, f"{source.name}/{preset.name}")
+    return model, tokenizer, warnings, "checkpoint"
+
+
+def check_causal_lm(source: ModelSource) -> None:
+    """Refuse, before any weights are read, what AutoModelForCausalLM cannot load."""
+    from transformers import AutoConfig
+    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
+
+    config = AutoConfig.from_pretrained(source.path, revision=source.revision, trust_remote_code=trust_remote_code())
+    if config.model_type not in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES and not getattr(config, "auto_map", None):
+        raise ValueError(f"Unrecognized configuration class {type(config).__name__} for AutoModelForCausalLM")
+
+
+_tokenizers: OrderedDict[tuple, Any] = OrderedDict()
+_tokenizers_lock = threading.Lock()
+
+
+def tokenizer_for(source: ModelSource):
+    """One tokenizer per model source, shared by all its variants (they tokenize alike)."""
+    from transformers import AutoTokenizer
+
+    with _tokenizers_lock:
+        if source.key in _tokenizers:
+            _tokenizers.move_to_end(source.key)
+            return _tokenizers[source.key]
+    tokenizer = AutoTokenizer.from_pretrained(source.path, revision=source.revision,
+                                              trust_remote_code=trust_remote_code())
+    with _tokenizers_lock:
+        _tokenizers[source.key] = tokenizer
+        while len(_tokenizers) > 8:
+            _tokenizers.popitem(last=False)
+    return tokenizer
 
 
 class ModelCache:
@@ -154,8 +199,18 @@ class ModelCache:
         self.evictions: list[tuple] = []
 
     # -- budget ----------------------------------------------------------
+    def footprint_estimate(self, source: ModelSource, preset: QuantPreset, device: str) -> tuple[int, int]:
+        """(final bytes, peak bytes while loading): a load from the disk cache has no float checkpoint
+        passing through memory, so its peak is its final size."""
+        final, peak = self.estimate(source, preset, device)
+        if preset.quantized and diskcache.enabled():
+            disk_key = diskcache.entry_key(source, preset, device)
+            if disk_key and diskcache.has(disk_key):
+                return final, final
+        return final, peak
+
     def estimate(self, source: ModelSource, preset: QuantPreset, device: str) -> tuple[int, int]:
-        """(final bytes, peak bytes while loading) from the config alone."""
+        """(final bytes, peak bytes while quantizing on load) from the config alone."""
         key = (source.key, preset, device)
         if key not in self._estimates:
             from transformers import AutoConfig
@@ -200,7 +255,7 @@ class ModelCache:
         """Refuse up front a set of variants that cannot be resident together."""
         finals, peaks = [], []
         for source, preset, device in items:
-            final, peak = self.estimate(source, preset, device)
+            final, peak = self.footprint_estimate(source, preset, device)
             finals.append(final)
             peaks.append(peak - final)
         need = sum(finals) + max(peaks, default=0)
@@ -269,14 +324,16 @@ class ModelCache:
         return entry, False
 
     def _load_entry(self, key, source, preset, device_map, device, progress) -> LoadedModel:
-        final, peak = self.estimate(source, preset, device)
+        final, peak = self.footprint_estimate(source, preset, device)
         with self._load_serial:
             with self._cond:
                 self._make_room(peak, f"{preset.name} of {source.name}")
                 self._reserved += peak
             start = time.perf_counter()
             try:
-                model, tokenizer, warnings = self._load_fn(source, preset, device_map, device, progress)
+                # on the compute thread, like every torch operation (see compute.py)
+                model, tokenizer, warnings, loaded_from = COMPUTE.call(self._load_fn, source, preset, device_map,
+                                                                       device, progress)
             except BaseException:
                 metrics.release_memory()
                 raise
@@ -288,8 +345,8 @@ class ModelCache:
             metrics.release_memory()  # the float checkpoint that passed through is garbage now
         progress(1.0, f"loaded {preset.name} in {seconds:.1f} s")
         log.info("loaded %s/%s on %s in %.1f s", source.name, preset.name, device, seconds)
-        return LoadedModel(source, preset, device_map, device, model, tokenizer,
-                           metrics.footprint_bytes(model), metrics.footprint_hf_bytes(model), seconds, warnings)
+        return LoadedModel(source, preset, device_map, device, model, tokenizer, metrics.footprint_bytes(model),
+                           metrics.footprint_hf_bytes(model), seconds, warnings, loaded_from)
 
     # -- eviction ----------------------------------------------------------
     def _evict_locked(self, key) -> int:

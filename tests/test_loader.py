@@ -37,7 +37,7 @@ def test_single_flight_many_threads_one_load(tiny_source):
     def slow_load(source, preset, device_map, device, progress):
         calls.append(preset.name)
         time.sleep(0.3)
-        return torch.nn.Linear(8, 8), None, []
+        return torch.nn.Linear(8, 8), None, [], "checkpoint"
 
     cache = ModelCache(budget_bytes=2**30, load_fn=slow_load)
     results = []
@@ -59,7 +59,7 @@ def test_failed_load_leaves_the_cache_consistent(tiny_source):
         attempts.append(1)
         if len(attempts) == 1:
             raise OSError("disk hiccup")
-        return torch.nn.Linear(4, 4), None, []
+        return torch.nn.Linear(4, 4), None, [], "checkpoint"
 
     cache = ModelCache(budget_bytes=2**30, load_fn=flaky)
     with pytest.raises(OSError):
@@ -71,7 +71,7 @@ def test_failed_load_leaves_the_cache_consistent(tiny_source):
 
 def _fixed_size_loader(mib: int):
     def load(source, preset, device_map, device, progress):
-        return torch.nn.Linear(mib * 2**18, 1, bias=False), None, []  # mib MiB of float32
+        return torch.nn.Linear(mib * 2**18, 1, bias=False), None, [], "checkpoint"  # mib MiB of float32
     return load
 
 
