@@ -101,6 +101,34 @@ def cmd_estimate(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_bench(args: argparse.Namespace) -> int:
+    from .bench import run_bench, to_markdown
+
+    variants = tuple(v.strip() for v in args.variants.split(",") if v.strip())
+    try:
+        result = run_bench(args.model, variants, quick=args.quick, random_init=args.random_init)
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(json.dumps(result, indent=2) if args.json else to_markdown(result))
+    return 0
+
+
+def cmd_cache(args: argparse.Namespace) -> int:
+    from . import diskcache
+
+    if args.action == "clear":
+        print(f"removed {diskcache.clear(args.name)} entr(ies) from {diskcache.root()}")
+        return 0
+    items = diskcache.entries()
+    for e in items:
+        print(f"{e['id']}  {e['bytes'] / 2**20:8.1f} MiB  {e['name']}")
+    total = sum(e["bytes"] for e in items)
+    print(f"{len(items)} entr(ies), {total / 2**20:.1f} MiB of a {diskcache.limit_bytes() / 2**20:.0f} MiB limit "
+          f"in {diskcache.root()}")
+    return 0
+
+
 def cmd_presets(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps({name: p.to_dict() for name, p in PRESETS.items()}, indent=2))
@@ -140,6 +168,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", choices=["cpu", "cuda:0"], help="where the model would live (default: this machine's)")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_estimate)
+
+    p = sub.add_parser("bench", help="measure the playground against bare transformers")
+    p.add_argument("--model", default=catalog.BUNDLED_NAME)
+    p.add_argument("--variants", default="fp32,int8,nf4")
+    p.add_argument("--quick", action="store_true", help="one repeat of 16 tokens: checks that it runs")
+    p.add_argument("--random-init", action="store_true",
+                   help="random weights from the model's config: speed and memory without the weights")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_bench)
+
+    p = sub.add_parser("cache", help="the disk cache of quantized weights")
+    p.add_argument("action", choices=["list", "clear"])
+    p.add_argument("name", nargs="?", help="with clear: only entries whose name contains this")
+    p.set_defaults(func=cmd_cache)
 
     p = sub.add_parser("presets", help="list the named presets")
     p.add_argument("--json", action="store_true")

@@ -16,7 +16,7 @@ from typing import Any
 
 import gradio as gr
 
-from . import catalog, metrics, ui_insight, views
+from . import catalog, metrics, preload, ui_insight, views
 from .compare import Limits, run_comparison
 from .loader import MemoryBudgetError, default_cache
 from .presets import PRESETS
@@ -96,6 +96,17 @@ def presets() -> dict:
     return {name: p.to_dict() for name, p in PRESETS.items()}
 
 
+def server_status() -> dict:
+    """What the server holds: loaded variants, loads and evictions so far, generations running."""
+    from .streaming import live_streams
+
+    cache = default_cache()
+    return {"entries": cache.entries(), "loads": cache.loads, "budget_bytes": cache.budget_bytes,
+            "resident_bytes": cache.resident_bytes(), "live_streams": live_streams(),
+            "evictions": [f"{key[0][1]}/{key[1].name}" for key in cache.evictions],
+            "process_rss_bytes": metrics.process_rss_bytes()}
+
+
 def custom_fields(enabled: bool, mode: str, quant_type: str, compute_dtype: str, double_quant: bool, storage: str,
                   threshold: float, skip_modules: str, fp32_offload: bool, dtype: str) -> dict | None:
     """The Advanced accordion as BitsAndBytesConfig fields (None when it is off)."""
@@ -170,7 +181,11 @@ def render(frame: dict, previous: dict | None = None) -> list[Any]:
 def memory_panel() -> tuple[str, list[list[Any]]]:
     cache = default_cache()
     snapshot = metrics.memory_snapshot(metrics.default_device())
-    return views.memory_markdown(snapshot, cache.budget_bytes, cache.resident_bytes()), views.cache_rows(cache.entries())
+    text = views.memory_markdown(snapshot, cache.budget_bytes, cache.resident_bytes())
+    preloader = preload.start_from_env()
+    if preloader is not None:
+        text += "  \n" + views.esc(preloader.markdown())
+    return text, views.cache_rows(cache.entries())
 
 
 def unload_all() -> tuple[str, list[list[Any]]]:
@@ -181,6 +196,7 @@ def unload_all() -> tuple[str, list[list[Any]]]:
 
 def build_demo() -> gr.Blocks:
     limits = Limits.from_env()
+    preload.start_from_env()
     with gr.Blocks(title="quantplay: see what quantization does") as demo:
         gr.Markdown("# quantplay\nSee what quantization does to a language model: the fp32 reference and "
                     "bitsandbytes variants answer the same prompt, side by side, with the memory each one uses.")
@@ -281,6 +297,7 @@ def build_demo() -> gr.Blocks:
         gr.api(compare, api_name="compare", concurrency_id="hardware", concurrency_limit=_session_limit())
         gr.api(models, api_name="models")
         gr.api(presets, api_name="presets")
+        gr.api(server_status, api_name="status")
     demo.queue(max_size=_queue_size(), default_concurrency_limit=_session_limit())
     return demo
 

@@ -65,9 +65,9 @@ def bundled_cache():
 
 
 @pytest.fixture(scope="session")
-def app_url():
-    """app.py served from a subprocess, as `make run` serves it."""
+def app_url(models_root):
+    """app.py served from a subprocess, as `make run` serves it (local models allowed from models_root)."""
     from server import running_app
 
-    with running_app() as (url, _):
+    with running_app({"QUANTPLAY_MAX_NEW_TOKENS": "64"}) as (url, _):
         yield url
