@@ -23,7 +23,7 @@ import torch
 from . import catalog, metrics, quality
 from .catalog import ModelSource
 from .compute import COMPUTE
-from .loader import LoadedModel, ModelCache, default_cache, resolve_device
+from .loader import LoadedModel, ModelCache, check_causal_lm, default_cache, resolve_device
 from .presets import PRESETS, REFERENCE, PresetError, QuantPreset, get_preset
 from .streaming import SCHEDULES, GenerationSettings, IncrementalDecoder, TokenStream
 
@@ -228,6 +228,7 @@ def run_comparison(
     settings, setting_warnings = check_settings(settings, limits)
     device = resolve_device(device_map)
     source = catalog.resolve(model, progress=progress)
+    check_causal_lm(source)
     cache = cache or default_cache()
     cache.check_fits([(source, p, device) for p in presets])
     schedule = schedule or ("threads" if device.startswith("cuda") else "interleave")
@@ -244,29 +245,12 @@ def run_comparison(
     yield result.snapshot()
 
     with ExitStack() as leases:
-        loaded: list[tuple[VariantResult, LoadedModel]] = []
-        for i, (preset, row) in enumerate(zip(presets, result.variants)):
-            start = time.perf_counter()
-            row.message = f"loading {preset.name}…"
-            yield result.snapshot()
-
-            def report(fraction: float, message: str, i: int = i) -> None:
-                if progress:
-                    progress((i + fraction) / len(presets), message)
-
-            try:
-                entry, hit = leases.enter_context(cache.lease(source, preset, device_map, progress=report))
-            except Exception as exc:
-                row.status, row.error, row.message = "error", _error_text(exc), "could not load"
-                yield result.snapshot()
-                continue
-            row.cache_hit = hit
-            row.load_seconds, row.loaded_from = entry.load_seconds, entry.loaded_from
-            row.footprint_bytes, row.footprint_hf_bytes = entry.footprint_bytes, entry.footprint_hf_bytes
-            row.warnings += entry.warnings
-            row.message = "cached" if hit else f"loaded {preset.name} in {time.perf_counter() - start:.1f} s"
-            loaded.append((row, entry))
+        for row in result.variants:
+            row.message = "loading…"
+        yield result.snapshot()
+        loaded = _lease_all(cache, source, presets, result.variants, device_map, leases, progress)
         result.memory = metrics.memory_snapshot(device)
+        yield result.snapshot()
         if not loaded:
             result.done = True
             yield result.snapshot()
@@ -282,6 +266,39 @@ def run_comparison(
     result.memory = metrics.memory_snapshot(device)
     result.done = True
     yield result.snapshot()
+
+
+def _lease_all(cache: ModelCache, source: ModelSource, presets: list[QuantPreset], rows: list[VariantResult],
+               device_map: str, leases: ExitStack,
+               progress: Callable[[float, str], None] | None) -> list[tuple[VariantResult, LoadedModel]]:
+    """Load (or find) and lease every variant of one request.
+
+    Requests take this step one at a time (`cache.admission()`), so a request that waits for
+    memory waits only for generations that are running, never for another request that is
+    itself waiting half-loaded. Progress goes to the callback: nothing is yielded while the
+    admission is held.
+    """
+    loaded = []
+    with cache.admission():
+        for i, (preset, row) in enumerate(zip(presets, rows)):
+            start = time.perf_counter()
+
+            def report(fraction: float, message: str, i: int = i) -> None:
+                if progress:
+                    progress((i + fraction) / len(presets), message)
+
+            try:
+                entry, hit = leases.enter_context(cache.lease(source, preset, device_map, progress=report))
+            except Exception as exc:
+                row.status, row.error, row.message = "error", _error_text(exc), "could not load"
+                continue
+            row.cache_hit = hit
+            row.load_seconds, row.loaded_from = entry.load_seconds, entry.loaded_from
+            row.footprint_bytes, row.footprint_hf_bytes = entry.footprint_bytes, entry.footprint_hf_bytes
+            row.warnings += entry.warnings
+            row.message = "cached" if hit else f"loaded {preset.name} in {time.perf_counter() - start:.1f} s"
+            loaded.append((row, entry))
+    return loaded
 
 
 def _code(preset: QuantPreset, source: ModelSource, device: str, device_map: str, prompt: str,
@@ -406,19 +423,21 @@ def score_text(model: str, variants: Sequence[str] | str | None, text: str, *, c
     presets, preset_warnings = select_presets(variants, custom, limits)
     device = resolve_device(device_map)
     source = catalog.resolve(model)
+    check_causal_lm(source)
     cache = cache or default_cache()
     cache.check_fits([(source, p, device) for p in presets])
     rows: list[dict[str, Any]] = []
     with ExitStack() as leases:
         entries = []
-        for preset in presets:
-            try:
-                entry, _ = leases.enter_context(cache.lease(source, preset, device_map))
-                entries.append((preset, entry))
-            except Exception as exc:
-                if preset is presets[0]:
-                    raise
-                rows.append({"name": preset.name, "error": _error_text(exc)})
+        with cache.admission():
+            for preset in presets:
+                try:
+                    entry, _ = leases.enter_context(cache.lease(source, preset, device_map))
+                    entries.append((preset, entry))
+                except Exception as exc:
+                    if preset is presets[0]:
+                        raise
+                    rows.append({"name": preset.name, "error": _error_text(exc)})
         tokenizer = entries[0][1].tokenizer
         ids = list(tokenizer(text)["input_ids"])
         limit = 4 * limits.max_prompt_tokens

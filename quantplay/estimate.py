@@ -32,6 +32,14 @@ class WeightCount:
 
 
 def meta_model(config):
+    """The architecture on the meta device, built on the compute thread: `init_empty_weights`
+    patches torch process-wide, so a real load running beside it would get meta tensors."""
+    from .compute import COMPUTE
+
+    return COMPUTE.call(_meta_model, config)
+
+
+def _meta_model(config):
     from accelerate import init_empty_weights
     from transformers import AutoModelForCausalLM
 

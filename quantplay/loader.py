@@ -129,14 +129,7 @@ def _load(source: ModelSource, preset: QuantPreset, device_map: str, device: str
         tokenizer = tokenizer_for(source)
         model = AutoModelForCausalLM.from_pretrained(source.path, **kwargs)
     except ValueError as exc:
-        text = str(exc)
-        if "trust_remote_code" in text:
-            raise ModelUnavailable(f"{source.name!r} needs custom code from its repository, which this server does "
-                                   "not run (QUANTPLAY_TRUST_REMOTE_CODE is off).") from None
-        if "Unrecognized configuration class" in text or "AutoModelForCausalLM" in text:
-            raise ModelUnavailable(f"{source.name!r} is not a causal language model (text generation); "
-                                   "quantplay compares models that AutoModelForCausalLM can load.") from None
-        raise
+        raise _as_unavailable(source, exc) from None
     except OSError as exc:
         raise ModelUnavailable(f"Could not load {source.name!r}: {str(exc).splitlines()[0][:300]}") from None
     except torch.OutOfMemoryError:
@@ -149,13 +142,33 @@ def _load(source: ModelSource, preset: QuantPreset, device_map: str, device: str
 
 
 def check_causal_lm(source: ModelSource) -> None:
-    """Refuse, before any weights are read, what AutoModelForCausalLM cannot load."""
+    """Refuse, before any weights are read, what AutoModelForCausalLM cannot load (or would need remote code for)."""
     from transformers import AutoConfig
     from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
 
-    config = AutoConfig.from_pretrained(source.path, revision=source.revision, trust_remote_code=trust_remote_code())
+    try:
+        config = AutoConfig.from_pretrained(source.path, revision=source.revision, trust_remote_code=trust_remote_code())
+    except ValueError as exc:
+        raise _as_unavailable(source, exc) from None
+    except OSError as exc:
+        raise ModelUnavailable(f"Could not load {source.name!r}: {str(exc).splitlines()[0][:300]}") from None
     if config.model_type not in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES and not getattr(config, "auto_map", None):
-        raise ValueError(f"Unrecognized configuration class {type(config).__name__} for AutoModelForCausalLM")
+        raise _not_causal(source)
+
+
+def _not_causal(source: ModelSource) -> ModelUnavailable:
+    return ModelUnavailable(f"{source.name!r} is not a causal language model (text generation); "
+                            "quantplay compares models that AutoModelForCausalLM can load.")
+
+
+def _as_unavailable(source: ModelSource, exc: ValueError) -> Exception:
+    text = str(exc)
+    if "trust_remote_code" in text:
+        return ModelUnavailable(f"{source.name!r} needs custom code from its repository, which this server does "
+                                "not run (QUANTPLAY_TRUST_REMOTE_CODE is off).")
+    if "Unrecognized configuration class" in text or "AutoModelForCausalLM" in text:
+        return _not_causal(source)
+    return exc
 
 
 _tokenizers: OrderedDict[tuple, Any] = OrderedDict()
@@ -194,6 +207,7 @@ class ModelCache:
         self._reserved = 0
         self._cond = threading.Condition()
         self._load_serial = threading.Lock()  # one load at a time: peaks never stack up
+        self._admission = threading.Lock()  # one request at a time acquires its set of leases
         self._estimates: dict[tuple, tuple[int, int]] = {}
         self.loads = 0  # how many real loads ran (for tests and the bench)
         self.evictions: list[tuple] = []
@@ -283,6 +297,10 @@ class ModelCache:
         finally:
             self.release(entry)
 
+    def admission(self) -> threading.Lock:
+        """Hold while leasing all the variants of one request (see compare._lease_all)."""
+        return self._admission
+
     def release(self, entry: LoadedModel) -> None:
         with self._cond:
             entry.users -= 1
@@ -309,21 +327,18 @@ class ModelCache:
                 entry.users += lease
             return entry, True
         try:
-            entry = self._load_entry(key, source, preset, device_map, device, progress)
+            entry = self._load_entry(key, source, preset, device_map, device, progress, lease)
         except BaseException as exc:
             with self._cond:
                 del self._inflight[key]
             future.set_exception(exc)
             raise
-        with self._cond:
-            entry.users += lease
-            self._entries[key] = entry
-            del self._inflight[key]
-            self._cond.notify_all()
         future.set_result(entry)
         return entry, False
 
-    def _load_entry(self, key, source, preset, device_map, device, progress) -> LoadedModel:
+    def _load_entry(self, key, source, preset, device_map, device, progress, lease: bool) -> LoadedModel:
+        """Reserve the estimated peak, load, then swap the reservation for the entry in one step,
+        so that no moment exists where a loaded model is counted nowhere."""
         final, peak = self.footprint_estimate(source, preset, device)
         with self._load_serial:
             with self._cond:
@@ -334,21 +349,36 @@ class ModelCache:
                 # on the compute thread, like every torch operation (see compute.py)
                 model, tokenizer, warnings, loaded_from = COMPUTE.call(self._load_fn, source, preset, device_map,
                                                                        device, progress)
+                seconds = time.perf_counter() - start
+                metrics.release_memory()  # the float checkpoint that passed through is garbage now
+                entry = LoadedModel(source, preset, device_map, device, model, tokenizer,
+                                    metrics.footprint_bytes(model), metrics.footprint_hf_bytes(model), seconds,
+                                    warnings, loaded_from, users=int(lease))
             except BaseException:
-                metrics.release_memory()
-                raise
-            finally:
                 with self._cond:
                     self._reserved -= peak
-            seconds = time.perf_counter() - start
-            self.loads += 1
-            metrics.release_memory()  # the float checkpoint that passed through is garbage now
+                metrics.release_memory()
+                raise
+            with self._cond:
+                self._reserved -= peak
+                self._entries[key] = entry
+                del self._inflight[key]
+                self.loads += 1
+                self._trim_locked()  # a real footprint a little above its estimate
+                self._cond.notify_all()
         progress(1.0, f"loaded {preset.name} in {seconds:.1f} s")
         log.info("loaded %s/%s on %s in %.1f s", source.name, preset.name, device, seconds)
-        return LoadedModel(source, preset, device_map, device, model, tokenizer, metrics.footprint_bytes(model),
-                           metrics.footprint_hf_bytes(model), seconds, warnings, loaded_from)
+        return entry
 
     # -- eviction ----------------------------------------------------------
+    def _trim_locked(self) -> None:
+        """Evict idle entries, least recently used first, while the cache is over its budget."""
+        while sum(e.footprint_bytes for e in self._entries.values()) + self._reserved > self.budget_bytes:
+            idle = next((k for k, e in self._entries.items() if e.users == 0), None)
+            if idle is None:
+                return
+            self._evict_locked(idle)
+
     def _evict_locked(self, key) -> int:
         entry = self._entries.pop(key)
         freed = entry.footprint_bytes
