@@ -63,11 +63,27 @@ def check_outputs(results):
     reference = {}
     for prompt, final in results:
         assert final["done"]
-        bad = [(v["name"], v["status"], v["error"], v["text"]) for v in final["variants"] if v["status"] != "done" or not v["text"]]
+        bad = [(v["name"], v["status"], v["error"], v["text"]) for v in final["variants"]
+               if v["status"] != "done" or not v["text"]]
         assert not bad, bad
         # greedy decoding: the fp32 answer to a prompt is the same in every session
         reference.setdefault(prompt, final["variants"][0]["text"])
         assert final["variants"][0]["text"] == reference[prompt]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def warm_disk_cache():
+    """Quantized weights on disk before the apps start, so every load's peak is its final size and the
+    budgets below mean the same on a fresh CI machine as on a developer's."""
+    from quantplay import catalog
+    from quantplay.loader import ModelCache
+    from quantplay.presets import PRESETS
+
+    cache = ModelCache(budget_bytes=8 * 2**30)
+    source = catalog.resolve(BUNDLED)
+    for name in QUANTIZED:
+        cache.get(source, PRESETS[name], "cpu")
+        cache.unload()
 
 
 def test_eight_sessions_for_two_minutes_with_a_budget_that_fits_all():
