@@ -129,28 +129,11 @@ def run_child(spec: dict[str, Any], disk_cache: bool) -> dict[str, Any]:
 
 def measure_api(model: str, new_tokens: int, repeats: int, log: Log) -> list[float]:
     """Seconds per generated token through a launched app's /compare (fp32 alone)."""
-    import socket
-    import urllib.request
-
     from gradio_client import Client
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    app = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "app.py")
-    env = dict(os.environ, GRADIO_SERVER_PORT=str(port), GRADIO_ANALYTICS_ENABLED="False")
-    proc = subprocess.Popen([sys.executable, app], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        url = f"http://127.0.0.1:{port}/"
-        deadline = time.monotonic() + 180
-        while True:
-            try:
-                urllib.request.urlopen(url, timeout=2).close()
-                break
-            except OSError:
-                if proc.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError("the app did not start for the API benchmark") from None
-                time.sleep(0.5)
+    from .appserver import running_app
+
+    with running_app() as (url, _):
         client = Client(url, verbose=False)
         call = dict(model=model, variants=["fp32"], prompt=BENCH_PROMPT, max_new_tokens=new_tokens, api_name="/compare")
         client.predict(**call)  # warm: loads fp32 in the app
@@ -161,9 +144,6 @@ def measure_api(model: str, new_tokens: int, repeats: int, log: Log) -> list[flo
             per_token.append((time.perf_counter() - start) / max(1, final["variants"][0]["new_tokens"]))
             log(f"api repeat {i + 1}/{repeats}: {per_token[-1] * 1000:.1f} ms/token")
         return per_token
-    finally:
-        proc.terminate()
-        proc.wait(30)
 
 
 def random_init_model(name: str, log: Log) -> str:

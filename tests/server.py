@@ -3,52 +3,22 @@
 from __future__ import annotations
 
 import contextlib
-import os
 import shutil
-import socket
-import subprocess
-import sys
-import time
-import urllib.request
 from pathlib import Path
+
+from quantplay import appserver
 
 ROOT = Path(__file__).resolve().parents[1]
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
                  "--disable-sync", "--no-first-run"]
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @contextlib.contextmanager
-def running_app(extra_env: dict | None = None, timeout: float = 120.0):
-    port = free_port()
-    env = dict(os.environ, GRADIO_SERVER_PORT=str(port), HF_HUB_OFFLINE="1", GRADIO_ANALYTICS_ENABLED="False",
-               PYTHONUNBUFFERED="1", **(extra_env or {}))
-    log = open(ROOT / ".cache" / f"app-{port}.log", "w") if (ROOT / ".cache").is_dir() else subprocess.DEVNULL
-    proc = subprocess.Popen([sys.executable, str(ROOT / "app.py")], cwd=ROOT, env=env, stdout=log,
-                            stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}/"
-    try:
-        deadline = time.monotonic() + timeout
-        while True:
-            try:
-                urllib.request.urlopen(url, timeout=2).close()
-                break
-            except OSError:
-                if proc.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError(f"app.py did not start (exit {proc.poll()})") from None
-                time.sleep(0.5)
-        yield url, proc
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+def running_app(extra_env: dict | None = None):
+    """app.py in a subprocess (quantplay.appserver), its log kept in .cache/ when that exists."""
+    logs = ROOT / ".cache" if (ROOT / ".cache").is_dir() else None
+    with appserver.running_app(extra_env, log_dir=logs) as served:
+        yield served
 
 
 def compare_in_browser(url: str, prompt: str, screenshot: Path, timeout_ms: int = 300_000) -> dict:
