@@ -8,9 +8,7 @@ of the final result. It knows nothing about gradio or the terminal.
 from __future__ import annotations
 
 import dataclasses
-import os
 import queue
-import re
 import threading
 import time
 from collections.abc import Callable, Generator, Iterator, Sequence
@@ -24,37 +22,13 @@ from . import catalog, metrics, quality
 from .catalog import ModelSource
 from .compute import COMPUTE
 from .loader import LoadedModel, ModelCache, check_causal_lm, default_cache, resolve_device
-from .presets import PRESETS, REFERENCE, PresetError, QuantPreset, get_preset
+from .presets import QuantPreset
 from .streaming import SCHEDULES, GenerationSettings, IncrementalDecoder, TokenStream
+from .validate import Limits, check_settings, clean_prompt, encode_prompt, select_presets
 
-_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
 JOIN_SECONDS = 30.0
 MAX_KEPT_LOGITS_BYTES = 256 * 2**20
 FRAME_SECONDS = 0.05  # at most ~20 frames a second: tokens that arrive faster are batched into one frame
-
-
-def _env_int(name: str, default: int) -> int:
-    try:
-        return int(os.environ.get(name, default))
-    except ValueError:
-        return default
-
-
-@dataclass(frozen=True)
-class Limits:
-    max_prompt_chars: int = 4000
-    max_prompt_tokens: int = 512  # prefill stays short; longer prompts keep their end
-    max_new_tokens: int = 512
-    max_variants: int = 5  # fp32 + 4
-
-    @classmethod
-    def from_env(cls) -> Limits:
-        return cls(
-            max_prompt_chars=_env_int("QUANTPLAY_MAX_PROMPT_CHARS", cls.max_prompt_chars),
-            max_prompt_tokens=_env_int("QUANTPLAY_MAX_PROMPT_TOKENS", cls.max_prompt_tokens),
-            max_new_tokens=_env_int("QUANTPLAY_MAX_NEW_TOKENS", cls.max_new_tokens),
-            max_variants=_env_int("QUANTPLAY_MAX_VARIANTS", cls.max_variants),
-        )
 
 
 @dataclass
@@ -115,87 +89,6 @@ class ComparisonResult:
 
 
 # -- validation ----------------------------------------------------------------
-def clean_prompt(prompt: Any, limits: Limits) -> tuple[str, list[str]]:
-    if not isinstance(prompt, str):
-        raise ValueError("The prompt must be text.")
-    warnings = []
-    cleaned = _CONTROL.sub("", prompt)
-    if cleaned != prompt:
-        warnings.append("Removed control characters (such as NUL) from the prompt.")
-    if not cleaned.strip():
-        raise ValueError("The prompt is empty; type a question or the start of a text.")
-    if len(cleaned) > limits.max_prompt_chars:
-        raise ValueError(f"The prompt is {len(cleaned)} characters; the limit is {limits.max_prompt_chars} "
-                         "(QUANTPLAY_MAX_PROMPT_CHARS).")
-    return cleaned, warnings
-
-
-def select_presets(variants: Sequence[str] | str | None, custom: dict | None,
-                   limits: Limits) -> tuple[list[QuantPreset], list[str]]:
-    """fp32 first, then the requested presets in order, then the custom one."""
-    if isinstance(variants, str):
-        variants = [v.strip() for v in variants.split(",") if v.strip()]
-    if variants is None or (not variants and not custom):
-        raise PresetError(f"Pick at least one variant: {', '.join(PRESETS)}.")
-    if not isinstance(variants, (list, tuple)) or not all(isinstance(v, str) for v in variants):
-        raise PresetError("variants must be a list of preset names, e.g. [\"int8\", \"nf4\"].")
-    warnings = []
-    chosen = [REFERENCE]
-    for name in variants:
-        preset = get_preset(name)
-        if preset in chosen:
-            if name != "fp32":
-                warnings.append(f"{name} was listed twice; it runs once.")
-            continue
-        chosen.append(preset)
-    if custom:
-        chosen.append(QuantPreset.from_fields("custom", custom))
-    if len(chosen) > limits.max_variants:
-        raise PresetError(f"{len(chosen)} variants requested (fp32 included); the limit is {limits.max_variants} "
-                          "(QUANTPLAY_MAX_VARIANTS).")
-    return chosen, warnings
-
-
-def check_settings(settings: GenerationSettings, limits: Limits) -> tuple[GenerationSettings, list[str]]:
-    warnings = []
-    n = settings.max_new_tokens
-    if isinstance(n, bool) or not isinstance(n, int):
-        if isinstance(n, float) and n.is_integer():
-            n = int(n)
-        else:
-            raise ValueError(f"max_new_tokens must be a whole number, not {n!r}.")
-    if n < 1:
-        raise ValueError(f"max_new_tokens must be at least 1, not {n}.")
-    if n > limits.max_new_tokens:
-        warnings.append(f"max_new_tokens {n} was capped at {limits.max_new_tokens} (QUANTPLAY_MAX_NEW_TOKENS).")
-        n = limits.max_new_tokens
-    if isinstance(settings.seed, bool) or not isinstance(settings.seed, int) or not 0 <= settings.seed < 2**63:
-        raise ValueError("seed must be a whole number ≥ 0.")
-    if settings.do_sample:
-        if not isinstance(settings.temperature, (int, float)) or not 0 < settings.temperature <= 10:
-            raise ValueError("temperature must be above 0 and at most 10.")
-        if not isinstance(settings.top_p, (int, float)) or not 0 < settings.top_p <= 1:
-            raise ValueError("top_p must be above 0 and at most 1.")
-    return dataclasses.replace(settings, max_new_tokens=n), warnings
-
-
-def encode_prompt(tokenizer, prompt: str, chat_template: bool, limits: Limits) -> tuple[list[int], list[str]]:
-    warnings = []
-    if chat_template and getattr(tokenizer, "chat_template", None):
-        ids = tokenizer.apply_chat_template([{"role": "user", "content": prompt}], add_generation_prompt=True,
-                                            tokenize=True, return_dict=True)["input_ids"]
-    else:
-        if chat_template:
-            warnings.append("This tokenizer has no chat template; the prompt is used as plain text.")
-        ids = tokenizer(prompt)["input_ids"]
-    ids = list(ids)
-    if len(ids) > limits.max_prompt_tokens:
-        warnings.append(f"The prompt is {len(ids)} tokens; only its last {limits.max_prompt_tokens} are used "
-                        "(QUANTPLAY_MAX_PROMPT_TOKENS).")
-        ids = ids[-limits.max_prompt_tokens:]
-    return ids, warnings
-
-
 def _error_text(exc: BaseException) -> str:
     if isinstance(exc, (ValueError, RuntimeError, OSError)) and str(exc):
         return str(exc).splitlines()[0][:500]

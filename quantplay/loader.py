@@ -402,10 +402,6 @@ class ModelCache:
         with self._cond:
             return [e.describe() for e in self._entries.values()]
 
-    def __contains__(self, key) -> bool:
-        with self._cond:
-            return key in self._entries
-
 
 _default: ModelCache | None = None
 _default_lock = threading.Lock()

@@ -132,10 +132,6 @@ class StreamResult:
             return (len(self.step_seconds) - 1) / decode
         return None
 
-    @property
-    def wall_seconds(self) -> float | None:
-        return None if self.finished is None else self.finished - self.started
-
 
 class TokenStream:
     """Runs one greedy or seeded-sampling generation in a thread.
