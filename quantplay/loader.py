@@ -131,7 +131,7 @@ def _load(source: ModelSource, preset: QuantPreset, device_map: str, device: str
     except ValueError as exc:
         raise _as_unavailable(source, exc) from None
     except OSError as exc:
-        raise ModelUnavailable(f"Could not load {source.name!r}: {str(exc).splitlines()[0][:300]}") from None
+        raise _could_not_load(source, exc) from None
     except torch.OutOfMemoryError:
         raise MemoryBudgetError(f"Out of memory while loading {preset.name} of {source.name!r}.") from None
     model.eval()
@@ -151,9 +151,13 @@ def check_causal_lm(source: ModelSource) -> None:
     except ValueError as exc:
         raise _as_unavailable(source, exc) from None
     except OSError as exc:
-        raise ModelUnavailable(f"Could not load {source.name!r}: {str(exc).splitlines()[0][:300]}") from None
+        raise _could_not_load(source, exc) from None
     if config.model_type not in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES and not getattr(config, "auto_map", None):
         raise _not_causal(source)
+
+
+def _could_not_load(source: ModelSource, exc: OSError) -> ModelUnavailable:
+    return ModelUnavailable(f"Could not load {source.name!r}: {str(exc).splitlines()[0][:300]}")
 
 
 def _not_causal(source: ModelSource) -> ModelUnavailable:
