@@ -272,7 +272,7 @@ def run_bench(model: str = catalog.BUNDLED_NAME, variants: tuple[str, ...] = ("f
     result["metrics_seconds"] = stat(metric_times)
     result["bare_generate_seconds"] = {v: stat(t) for v, t in bare.items()}
 
-    bandwidth = read_bandwidth_bytes_per_s() if not device.startswith("cuda") else None
+    bandwidth = COMPUTE.call(read_bandwidth_bytes_per_s) if not device.startswith("cuda") else None
     result["read_bandwidth_bytes_per_s"] = bandwidth
     per_variant = {}
     for row in finals["interleave"].variants:

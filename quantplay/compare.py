@@ -116,21 +116,16 @@ def run_comparison(
     for a request that cannot run. Errors in one variant mark only its column.
     """
     limits = limits or Limits.from_env()
-    prompt, warnings = clean_prompt(prompt, limits)
-    presets, preset_warnings = select_presets(variants, custom, limits)
     settings, setting_warnings = check_settings(settings, limits)
-    device = resolve_device(device_map)
-    source = catalog.resolve(model, progress=progress)
-    check_causal_lm(source)
-    cache = cache or default_cache()
-    cache.check_fits([(source, p, device) for p in presets])
+    prompt, warnings, presets, device, source, cache = _prepare(model, variants, prompt, custom, device_map, cache,
+                                                                limits, progress)
     schedule = schedule or ("threads" if device.startswith("cuda") else "interleave")
     if schedule not in SCHEDULES:
         raise ValueError(f"schedule must be one of {', '.join(SCHEDULES)}.")
 
     result = ComparisonResult(
         model=source.name, prompt=prompt, settings=dataclasses.asdict(settings),
-        warnings=warnings + preset_warnings + setting_warnings,
+        warnings=warnings + setting_warnings,
         environment=metrics.environment(device),
         variants=[VariantResult(p.name, settings=p.to_dict(), code=_code(p, source, device, device_map, prompt, settings))
                   for p in presets])
@@ -159,6 +154,19 @@ def run_comparison(
     result.memory = metrics.memory_snapshot(device)
     result.done = True
     yield result.snapshot()
+
+
+def _prepare(model: str, variants: Sequence[str] | str | None, text: str, custom: dict | None, device_map: str,
+             cache: ModelCache | None, limits: Limits, progress: Callable[[float, str], None] | None = None):
+    """Every check that can refuse a request before any weights are read."""
+    text, warnings = clean_prompt(text, limits)
+    presets, preset_warnings = select_presets(variants, custom, limits)
+    device = resolve_device(device_map)
+    source = catalog.resolve(model, progress=progress)
+    check_causal_lm(source)
+    cache = cache or default_cache()
+    cache.check_fits([(source, p, device) for p in presets])
+    return text, warnings + preset_warnings, presets, device, source, cache
 
 
 def _lease_all(cache: ModelCache, source: ModelSource, presets: list[QuantPreset], rows: list[VariantResult],
@@ -312,36 +320,20 @@ def score_text(model: str, variants: Sequence[str] | str | None, text: str, *, c
                device_map: str = "auto", cache: ModelCache | None = None, limits: Limits | None = None) -> dict[str, Any]:
     """Reference-text mode: every variant's perplexity, and its KL from fp32, over a given text."""
     limits = limits or Limits.from_env()
-    text, warnings = clean_prompt(text, limits)
-    presets, preset_warnings = select_presets(variants, custom, limits)
-    device = resolve_device(device_map)
-    source = catalog.resolve(model)
-    check_causal_lm(source)
-    cache = cache or default_cache()
-    cache.check_fits([(source, p, device) for p in presets])
-    rows: list[dict[str, Any]] = []
+    text, warnings, presets, _, source, cache = _prepare(model, variants, text, custom, device_map, cache, limits)
+    rows = [VariantResult(p.name) for p in presets]
     with ExitStack() as leases:
-        entries = []
-        with cache.admission():
-            for preset in presets:
-                try:
-                    entry, _ = leases.enter_context(cache.lease(source, preset, device_map))
-                    entries.append((preset, entry))
-                except Exception as exc:
-                    if preset is presets[0]:
-                        raise
-                    rows.append({"name": preset.name, "error": _error_text(exc)})
-        tokenizer = entries[0][1].tokenizer
-        ids = list(tokenizer(text)["input_ids"])
+        loaded = _lease_all(cache, source, presets, rows, device_map, leases, None)
+        if rows[0].status == "error":
+            raise ValueError(rows[0].error)  # no fp32 reference, nothing to compare with
+        ids = list(loaded[0][1].tokenizer(text)["input_ids"])
         limit = 4 * limits.max_prompt_tokens
         if len(ids) > limit:
             warnings.append(f"The text is {len(ids)} tokens; only its first {limit} are scored.")
             ids = ids[:limit]
         if len(ids) < 2:
             raise ValueError("The text needs at least two tokens to score.")
-        scores = COMPUTE.call(quality.score_variants, [e.model for _, e in entries], ids, 1)
-    for (preset, _), agreement in zip(entries, scores):
-        rows.append({"name": preset.name, "error": None, **agreement.summary()})
-    order = [p.name for p in presets]
-    rows.sort(key=lambda r: order.index(r["name"]))
-    return {"model": source.name, "tokens": len(ids) - 1, "warnings": warnings + preset_warnings, "variants": rows}
+        scores = COMPUTE.call(quality.score_variants, [entry.model for _, entry in loaded], ids, 1)
+    summaries = {row.name: agreement.summary() for (row, _), agreement in zip(loaded, scores)}
+    return {"model": source.name, "tokens": len(ids) - 1, "warnings": warnings,
+            "variants": [{"name": row.name, "error": row.error, **summaries.get(row.name, {})} for row in rows]}
