@@ -112,8 +112,6 @@ class StreamResult:
 
     token_ids: list[int] = field(default_factory=list)
     step_seconds: list[float] = field(default_factory=list)
-    started: float = 0.0
-    finished: float | None = None
     past_key_values: Any = None
     logits: torch.Tensor | None = None  # [tokens, vocab] float32, when kept (the fp32 reference's)
     stopped: bool = False
@@ -207,7 +205,7 @@ class TokenStream:
             if self.model_lock is not None:
                 self.model_lock.acquire()
                 locked = True
-            result.started = self._turn_start = time.perf_counter()
+            self._turn_start = time.perf_counter()
             if not self.stop_event.is_set():
                 # No inference_mode: its state belongs to the thread, and greenlets sharing one thread
                 # would restore it out of order. generate() runs under no_grad, which is enough.
@@ -216,11 +214,9 @@ class TokenStream:
                 if self.keep_logits and getattr(out, "logits", None):
                     result.logits = torch.stack([step[0] for step in out.logits]).float().cpu()
             result.stopped = self.stop_event.is_set()
-            result.finished = time.perf_counter()
             self._push("done", None)
         except BaseException as exc:  # surfaces in the consumer, never kills the process
             result.error = exc
-            result.finished = time.perf_counter()
             self._push("error", exc)
         finally:
             if locked:

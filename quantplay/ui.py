@@ -21,6 +21,7 @@ from .compare import Limits, run_comparison
 from .loader import MemoryBudgetError, default_cache
 from .presets import PRESETS
 from .streaming import GenerationSettings
+from .validate import env_int
 
 log = logging.getLogger(__name__)
 MAX_COLUMNS = 5  # fp32 + 3 presets + the custom variant
@@ -44,17 +45,11 @@ CSS = """
 
 
 def _session_limit() -> int:
-    try:
-        return max(1, int(os.environ.get("QUANTPLAY_MAX_SESSIONS", "8")))
-    except ValueError:
-        return 8
+    return max(1, env_int("QUANTPLAY_MAX_SESSIONS", 8))
 
 
 def _queue_size() -> int:
-    try:
-        return max(1, int(os.environ.get("QUANTPLAY_QUEUE_SIZE", "32")))
-    except ValueError:
-        return 32
+    return max(1, env_int("QUANTPLAY_QUEUE_SIZE", 32))
 
 
 def stream_frames(model: str, variants: list[str], prompt: str, max_new_tokens: int = 64, custom: dict | None = None,

@@ -19,7 +19,7 @@ from .streaming import GenerationSettings
 _CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
 
 
-def _env_int(name: str, default: int) -> int:
+def env_int(name: str, default: int) -> int:
     try:
         return int(os.environ.get(name, default))
     except ValueError:
@@ -36,10 +36,10 @@ class Limits:
     @classmethod
     def from_env(cls) -> Limits:
         return cls(
-            max_prompt_chars=_env_int("QUANTPLAY_MAX_PROMPT_CHARS", cls.max_prompt_chars),
-            max_prompt_tokens=_env_int("QUANTPLAY_MAX_PROMPT_TOKENS", cls.max_prompt_tokens),
-            max_new_tokens=_env_int("QUANTPLAY_MAX_NEW_TOKENS", cls.max_new_tokens),
-            max_variants=_env_int("QUANTPLAY_MAX_VARIANTS", cls.max_variants),
+            max_prompt_chars=env_int("QUANTPLAY_MAX_PROMPT_CHARS", cls.max_prompt_chars),
+            max_prompt_tokens=env_int("QUANTPLAY_MAX_PROMPT_TOKENS", cls.max_prompt_tokens),
+            max_new_tokens=env_int("QUANTPLAY_MAX_NEW_TOKENS", cls.max_new_tokens),
+            max_variants=env_int("QUANTPLAY_MAX_VARIANTS", cls.max_variants),
         )
 
 
