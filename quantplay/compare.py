@@ -75,6 +75,7 @@ class ComparisonResult:
     warnings: list[str] = field(default_factory=list)
     environment: dict[str, Any] = field(default_factory=dict)
     memory: dict[str, Any] = field(default_factory=dict)
+    scoring_seconds: float | None = None  # the agreement metrics' share of the wall time, once scored
     variants: list[VariantResult] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
@@ -149,7 +150,9 @@ def run_comparison(
         result.warnings += prompt_warnings
         own = yield from _stream_all(result, loaded, ids, settings, stop, schedule, device)
         if not (stop is not None and stop.is_set()):
+            start = time.perf_counter()
             _score(result, loaded, ids, own)
+            result.scoring_seconds = time.perf_counter() - start
         del own  # logits and KV caches: free them before the last frame
     result.memory = metrics.memory_snapshot(device)
     result.done = True

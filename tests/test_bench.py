@@ -11,7 +11,7 @@ pytestmark = pytest.mark.slow
 
 KEYS = {"stream_overhead_ratio", "api_overhead_ratio", "nway_ratio", "nway_ratio_interleave", "nway_ratio_threads",
         "cache_hit_seconds", "cold_load_seconds", "reload_seconds", "prequantized_load_ratio", "memory_overhead_ratio",
-        "metrics_seconds", "per_variant", "environment", "memory", "read_bandwidth_bytes_per_s"}
+        "metrics_seconds", "metrics_full_pass_seconds", "per_variant", "environment", "memory", "read_bandwidth_bytes_per_s"}
 
 
 def test_bench_quick_emits_the_schema():

@@ -29,6 +29,8 @@ def test_frames_share_one_schema_and_fp32_comes_first(tiny_source, cache):
         assert v["footprint_bytes"] > 0 and v["kv_cache_bytes"] > 0 and v["tokens_per_second"] > 0
         assert v["text"] and "BitsAndBytesConfig" in v["code"] or v["name"] == "fp32"
     assert final["environment"]["threads"] >= 1 and final["memory"]["process_rss_peak_bytes"] > 0
+    assert final["scoring_seconds"] > 0 and final["variants"][1]["kl_divergence_mean"] is not None
+    assert all(f.scoring_seconds is None for f in frames[:-1])
     # columns fill together: some frame shows every variant part-way through
     assert any(all(0 < v.new_tokens < 12 for v in f.variants) for f in frames)
 
