@@ -3,11 +3,12 @@
 Every variant reads the same token sequence (the prompt plus fp32's continuation,
 or a reference text) in one forward pass; the distributions at each position are
 compared with fp32's, as llama.cpp's `perplexity --kl-divergence` does for GGUF
-files. The pure functions take logits; `score_sequences` runs the forward passes.
+files. The pure functions take logits; `score_variants` runs the forward passes.
 """
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -46,40 +47,45 @@ class Agreement:
                 "perplexity": self.perplexity}
 
 
-def kl_per_position(ref_logits: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
-    """KL(P_ref || P) for each row of [positions, vocab] logits, in nats."""
-    ref_logp = torch.log_softmax(ref_logits.float(), dim=-1)
-    logp = torch.log_softmax(logits.float(), dim=-1)
-    return (ref_logp.exp() * (ref_logp - logp)).sum(dim=-1).clamp_min(0.0)
+@dataclass
+class Distribution:
+    """Next-token distributions at each position, worked out once: fp32's serves every variant."""
+
+    logp: torch.Tensor  # [positions, vocab] log-probabilities
+    p: torch.Tensor  # their exp
+    argmax: torch.Tensor
+    top_values: torch.Tensor  # [positions, TOP_K] probabilities, most likely first
+    top_indices: torch.Tensor
+
+    @classmethod
+    def of(cls, logits: torch.Tensor) -> Distribution:
+        logp = torch.log_softmax(logits.float(), dim=-1)
+        top = logp.topk(min(TOP_K, logp.shape[-1]), dim=-1)
+        return cls(logp, logp.exp(), top.indices[:, 0], top.values.exp(), top.indices)
 
 
-def perplexity(logits: torch.Tensor, targets: torch.Tensor) -> float:
-    """exp(mean negative log-likelihood) of `targets` under [positions, vocab] logits."""
-    nll = torch.nn.functional.cross_entropy(logits.float(), targets, reduction="mean")
-    return float(math.exp(nll.item()))
-
-
-def agreement(ref_logits: torch.Tensor, logits: torch.Tensor, targets: torch.Tensor,
+def agreement(ref_logits: torch.Tensor | Distribution, logits: torch.Tensor | Distribution, targets: torch.Tensor,
               decode: Callable[[int], str] | None = None) -> Agreement:
     """Compare a variant's logits with fp32's at the positions that predict `targets` (fp32's tokens)."""
-    kl = kl_per_position(ref_logits, logits)
-    probs = torch.softmax(logits.float(), dim=-1)
-    ref_probs = torch.softmax(ref_logits.float(), dim=-1)
-    agree = probs.argmax(-1) == ref_probs.argmax(-1)
-    target_probs = probs.gather(-1, targets[:, None]).squeeze(-1)
+    ref = ref_logits if isinstance(ref_logits, Distribution) else Distribution.of(ref_logits)
+    var = logits if isinstance(logits, Distribution) else Distribution.of(logits)
+    kl = (ref.p * (ref.logp - var.logp)).sum(dim=-1).clamp_min(0.0)  # KL(P_ref || P), nats
+    agree = var.argmax == ref.argmax
+    target_logp = var.logp.gather(-1, targets[:, None]).squeeze(-1)
+    target_probs = target_logp.exp()
     tokens = []
     if decode is not None:
-        ref_top = ref_probs.topk(TOP_K, dim=-1)
-        top = probs.topk(TOP_K, dim=-1)
+        kls, probs, agrees = kl.tolist(), target_probs.tolist(), agree.tolist()
+        ref_top = list(zip(ref.top_indices.tolist(), ref.top_values.tolist()))
+        top = list(zip(var.top_indices.tolist(), var.top_values.tolist()))
         for i, token in enumerate(targets.tolist()):
             tokens.append(TokenScore(
-                token, decode(token), float(kl[i]), float(target_probs[i]), bool(agree[i]),
-                [(decode(t), float(p)) for t, p in zip(ref_top.indices[i].tolist(), ref_top.values[i].tolist())],
-                [(decode(t), float(p)) for t, p in zip(top.indices[i].tolist(), top.values[i].tolist())]))
+                token, decode(token), kls[i], probs[i], agrees[i],
+                [(decode(t), p) for t, p in zip(*ref_top[i])], [(decode(t), p) for t, p in zip(*top[i])]))
     return Agreement(
         kl_divergence_mean=float(kl.mean()), kl_divergence_max=float(kl.max()),
         top1_agreement=float(agree.float().mean()), reference_token_prob_mean=float(target_probs.mean()),
-        perplexity=perplexity(logits, targets), tokens=tokens)
+        perplexity=math.exp(float(-target_logp.mean())), tokens=tokens)
 
 
 def first_divergence(reference: Sequence[int], variant: Sequence[int]) -> int | None:
@@ -152,7 +158,9 @@ def score_variants(models: Sequence[Any], ids: Sequence[int], start: int,
         raise ValueError("Nothing to score: the sequence needs at least one token after the first.")
     own = list(own) if own is not None else [None] * len(models)
     targets = torch.tensor(list(ids[start:]), dtype=torch.long)
-    ref = teacher_forced_logits(models[0], ids, start, own[0])
+    if decode is not None:  # the same few hundred token ids recur across variants: decode each once
+        decode = functools.cache(decode)
+    ref = Distribution.of(teacher_forced_logits(models[0], ids, start, own[0]))
     results = [agreement(ref, ref, targets, decode)]
     for model, run in zip(models[1:], own[1:]):
         results.append(agreement(ref, teacher_forced_logits(model, ids, start, run), targets, decode))
