@@ -106,7 +106,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
     variants = tuple(v.strip() for v in args.variants.split(",") if v.strip())
     try:
-        result = run_bench(args.model, variants, quick=args.quick, random_init=args.random_init)
+        result = run_bench(args.model, variants, quick=args.quick, random_init=args.random_init, repeats=args.repeats)
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -173,6 +173,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", default=catalog.BUNDLED_NAME)
     p.add_argument("--variants", default="fp32,int8,nf4")
     p.add_argument("--quick", action="store_true", help="one repeat of 16 tokens: checks that it runs")
+    p.add_argument("--repeats", type=int, help="A/B repeats (default 7; 1 with --quick)")
     p.add_argument("--random-init", action="store_true",
                    help="random weights from the model's config: speed and memory without the weights")
     p.add_argument("--json", action="store_true")

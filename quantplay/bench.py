@@ -1,8 +1,10 @@
 """`python -m quantplay bench`: every cost the playground adds, measured in one run.
 
 Each ratio compares the path a user takes (the comparison code, the API) with a
-bare `model.generate` on the same loaded model, A/B interleaved `repeats` times;
-medians are reported with min and max beside them. Cold loads and memory run in
+bare `model.generate` on the same loaded model, A/B interleaved `repeats` times
+with the bare baseline measured before and after every repeat (A B A … B A, each
+B over the mean of its two A's: a machine that drifts cancels out); medians are
+reported with min and max beside them. Cold loads and memory run in
 fresh child processes (`python -m quantplay.bench child ...`), so one
 measurement's allocations never colour another's.
 """
@@ -28,6 +30,7 @@ from .presets import get_preset
 from .streaming import GenerationSettings
 
 BENCH_PROMPT = "Once upon a time, in a village at the edge of a forest,"
+DEFAULT_REPEATS = 7  # back-to-back runs here differ by up to 0.3 in a ratio: enough for the median to hold
 Log = Callable[[str], None]
 
 
@@ -36,7 +39,14 @@ def stat(values: list[float]) -> dict[str, float]:
 
 
 def ratio(num: list[float], den: list[float]) -> dict[str, float]:
-    """Per-repeat ratios (each repeat's A over its own B), then their median, min and max."""
+    """Per-repeat ratios, then their median, min and max.
+
+    `den` may hold one more value than `num`, a baseline measured before and after each
+    repeat (A B A B … A): each B is then divided by the mean of the two A's around it,
+    which cancels a machine that drifts slower or faster over the run.
+    """
+    if len(den) == len(num) + 1:
+        den = [(a + b) / 2 for a, b in zip(den, den[1:])]
     return stat([a / b for a, b in zip(num, den)])
 
 
@@ -127,8 +137,10 @@ def run_child(spec: dict[str, Any], disk_cache: bool) -> dict[str, Any]:
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-def measure_api(model: str, new_tokens: int, repeats: int, log: Log) -> list[float]:
-    """Seconds per generated token through a launched app's /compare (fp32 alone)."""
+def measure_api(model: str, new_tokens: int, repeats: int, bare: Callable[[], float], log: Log
+                ) -> tuple[list[float], list[float]]:
+    """Seconds per generated token through a launched app's /compare (fp32 alone), and the bare
+    baseline's, measured around each call (bare, API, bare, …, bare): (api, bare) per-token lists."""
     from gradio_client import Client
 
     from .appserver import running_app
@@ -137,13 +149,14 @@ def measure_api(model: str, new_tokens: int, repeats: int, log: Log) -> list[flo
         client = Client(url, verbose=False)
         call = dict(model=model, variants=["fp32"], prompt=BENCH_PROMPT, max_new_tokens=new_tokens, api_name="/compare")
         client.predict(**call)  # warm: loads fp32 in the app
-        per_token = []
+        api, baseline = [], [bare() / new_tokens]
         for i in range(repeats):
             start = time.perf_counter()
             final = client.predict(**call)
-            per_token.append((time.perf_counter() - start) / max(1, final["variants"][0]["new_tokens"]))
-            log(f"api repeat {i + 1}/{repeats}: {per_token[-1] * 1000:.1f} ms/token")
-        return per_token
+            api.append((time.perf_counter() - start) / max(1, final["variants"][0]["new_tokens"]))
+            baseline.append(bare() / new_tokens)
+            log(f"api repeat {i + 1}/{repeats}: {api[-1] * 1000:.1f} ms/token (bare {baseline[-1] * 1000:.1f})")
+        return api, baseline
 
 
 def random_init_model(name: str, log: Log) -> str:
@@ -178,11 +191,13 @@ def random_init_model(name: str, log: Log) -> str:
 
 
 def run_bench(model: str = catalog.BUNDLED_NAME, variants: tuple[str, ...] = ("fp32", "int8", "nf4"),
-              quick: bool = False, random_init: bool = False,
+              quick: bool = False, random_init: bool = False, repeats: int | None = None,
               log: Log = lambda message: print(message, file=sys.stderr)) -> dict[str, Any]:
     if random_init:
         model = random_init_model(model, log)
-    repeats = 1 if quick else 5
+    repeats = repeats or (1 if quick else DEFAULT_REPEATS)
+    if repeats < 1:
+        raise ValueError("repeats must be at least 1.")
     new_tokens = 16 if quick else 64
     device = metrics.default_device()
     result: dict[str, Any] = {"model": model, "variants": list(variants), "quick": quick, "random_init": random_init,
@@ -245,13 +260,15 @@ def run_bench(model: str = catalog.BUNDLED_NAME, variants: tuple[str, ...] = ("f
         hits.append(time.perf_counter() - start)
     result["cache_hit_seconds"] = stat(hits)
 
-    log(f"A/B interleaved, {repeats} repeat(s) of {new_tokens} tokens…")
+    log(f"A/B interleaved, {repeats} repeat(s) of {new_tokens} tokens, bare generate before and after each…")
     bare: dict[str, list[float]] = {v: [] for v in variants}
     stream, nway, nway_threads, metric_times, full_pass_times = [], [], [], [], []
     finals = {}
-    for i in range(repeats):
+    for i in range(repeats + 1):
         for v in variants:
             bare[v].append(bare_generate(entries[v].model, ids, new_tokens))
+        if i == repeats:
+            break
         stream.append(timed_comparison(model, ["fp32"], cache, new_tokens)[0])
         seconds, finals["interleave"] = timed_comparison(model, list(variants), cache, new_tokens, "interleave")
         nway.append(seconds)
@@ -265,7 +282,7 @@ def run_bench(model: str = catalog.BUNDLED_NAME, variants: tuple[str, ...] = ("f
         full_pass_times.append(time.perf_counter() - start)
         log(f"repeat {i + 1}/{repeats}: bare {sum(b[-1] for b in bare.values()):.2f} s · n-way interleave "
             f"{nway[-1]:.2f} s · threads {nway_threads[-1]:.2f} s")
-    sums = [sum(bare[v][i] for v in variants) for i in range(repeats)]
+    sums = [sum(bare[v][i] for v in variants) for i in range(repeats + 1)]
     result["stream_overhead_ratio"] = ratio(stream, bare["fp32"]) if "fp32" in variants else None
     result["nway_ratio"] = ratio(nway if not device.startswith("cuda") else nway_threads, sums)
     result["nway_ratio_interleave"] = ratio(nway, sums)
@@ -276,6 +293,8 @@ def run_bench(model: str = catalog.BUNDLED_NAME, variants: tuple[str, ...] = ("f
                            "variant's own logits and KV cache); metrics_full_pass_seconds: the same metrics from "
                            "full teacher-forced passes.")
     result["bare_generate_seconds"] = {v: stat(t) for v, t in bare.items()}
+    result["notes"].append("Ratios: each repeat of the path is divided by the mean of the bare generates measured "
+                           "just before and just after it (A B A … B A), so a machine that drifts cancels out.")
 
     bandwidth = COMPUTE.call(read_bandwidth_bytes_per_s) if not device.startswith("cuda") else None
     result["read_bandwidth_bytes_per_s"] = bandwidth
@@ -291,8 +310,8 @@ def run_bench(model: str = catalog.BUNDLED_NAME, variants: tuple[str, ...] = ("f
 
     log("API overhead through a launched app…")
     try:
-        api = measure_api(model, new_tokens, repeats, log)
-        bare_per_token = [b / new_tokens for b in bare["fp32" if "fp32" in variants else variants[0]]]
+        base = entries["fp32" if "fp32" in variants else variants[0]].model
+        api, bare_per_token = measure_api(model, new_tokens, repeats, lambda: bare_generate(base, ids, new_tokens), log)
         result["api_overhead_ratio"] = ratio(api, bare_per_token)
     except Exception as exc:  # report what was measured; say what was not
         result["api_overhead_ratio"] = None
