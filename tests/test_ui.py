@@ -67,6 +67,9 @@ def test_the_demo_builds_with_its_api():
     demo = ui.build_demo()
     names = {d.api_name for d in demo.fns.values()}
     assert {"compare", "models", "presets"} <= names
+    # gradio's idle queue polling is slowed (see calm_queue_polling): fails loudly if gradio renames the attributes
+    assert demo._queue.sleep_when_free == ui.QUEUE_POLL_SECONDS
+    assert demo._queue.progress_update_sleep_when_free == ui.PROGRESS_POLL_SECONDS
 
 
 def test_token_view_escapes_text_and_marks_disagreements():
