@@ -212,11 +212,24 @@ def _code(preset: QuantPreset, source: ModelSource, device: str, device_map: str
                           source_comment=source.note)
 
 
+class _Events(queue.Queue):
+    """The streams' shared event queue; `ended` is set each time a stream finishes or fails."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.ended = threading.Event()
+
+    def _put(self, item) -> None:
+        super()._put(item)
+        if item[0] != "token":
+            self.ended.set()
+
+
 def _stream_all(result: ComparisonResult, loaded: list[tuple[VariantResult, LoadedModel]], ids: list[int],
                 settings: GenerationSettings, stop: threading.Event | None, schedule: str,
                 device: str) -> Generator[ComparisonResult, None, dict[str, quality.OwnRun]]:
     """Stream every loaded variant; returns what each generation left for scoring."""
-    events: queue.Queue = queue.Queue()
+    events = _Events()
     input_ids = torch.tensor([ids], dtype=torch.long)
     streams: dict[TokenStream, tuple[VariantResult, IncrementalDecoder]] = {}
     # Each variant's own logits are its teacher-forced predictions up to where it departs from fp32:
@@ -238,8 +251,9 @@ def _stream_all(result: ComparisonResult, loaded: list[tuple[VariantResult, Load
         last_frame = 0.0
         while running:
             pause = last_frame + FRAME_SECONDS - time.perf_counter()
-            if pause > 0:  # let tokens gather: fewer frames, and the consumer stays off the CPU meanwhile
-                time.sleep(pause)
+            if pause > 0:  # let tokens gather: fewer frames, and the consumer stays off the CPU meanwhile;
+                events.ended.wait(pause)  # a stream that ends cuts the pause short
+            events.ended.clear()
             try:
                 first = events.get(timeout=0.5)
             except queue.Empty:

@@ -118,3 +118,19 @@ def test_limits_cap_with_visible_warnings(tiny_source, cache):
     assert "capped at 4" in joined and "last 8" in joined and "control characters" in joined
     with pytest.raises(PresetError, match="limit is 2"):
         next(run_comparison(str(tiny_source.path), ["int8", "nf4"], "Hi", cache=cache, limits=Limits(max_variants=2)))
+
+
+def test_frames_batch_tokens_and_a_finished_stream_ends_the_wait(tiny_source, cache, monkeypatch):
+    """Tokens that arrive within a frame interval share one frame; the end of generation is shown at once."""
+    import time
+
+    from quantplay import compare
+
+    _run(tiny_source, cache, ["fp32"])  # loaded
+    monkeypatch.setattr(compare, "FRAME_SECONDS", 30.0)
+    start = time.perf_counter()
+    frames = _run(tiny_source, cache, ["fp32"], settings=GenerationSettings(max_new_tokens=6))
+    assert time.perf_counter() - start < 15  # not the 30 s frame interval
+    streaming = [f for f in frames if f.variants[0].new_tokens > 0]
+    assert streaming[-1].done and streaming[-1].variants[0].new_tokens == 6
+    assert len(streaming) <= 3  # the first token's frame, then the rest together (and the final frame)
