@@ -24,11 +24,12 @@ from .compute import COMPUTE
 from .loader import LoadedModel, ModelCache, check_causal_lm, default_cache, resolve_device
 from .presets import QuantPreset
 from .streaming import SCHEDULES, GenerationSettings, IncrementalDecoder, TokenStream
-from .validate import Limits, check_settings, clean_prompt, encode_prompt, select_presets
+from .validate import Limits, check_frame_seconds, check_settings, clean_prompt, encode_prompt, select_presets
 
 JOIN_SECONDS = 30.0
 MAX_KEPT_LOGITS_BYTES = 256 * 2**20
-FRAME_SECONDS = 0.05  # at most ~20 frames a second: tokens that arrive faster are batched into one frame
+FRAME_SECONDS = 0.1  # at most 10 frames a second by default: tokens that arrive faster share a frame
+# (each frame costs the server and its client CPU that the generation would otherwise have; see README)
 
 
 @dataclass
@@ -110,14 +111,17 @@ def run_comparison(
     progress: Callable[[float, str], None] | None = None,
     schedule: str | None = None,
     limits: Limits | None = None,
+    frame_seconds: float | None = None,
 ) -> Iterator[ComparisonResult]:
     """Yield frames while every variant loads and streams; the last has done=True.
 
     Raises ValueError (PresetError, ModelUnavailable, …) before the first frame
     for a request that cannot run. Errors in one variant mark only its column.
+    While tokens stream, frames come at most once per `frame_seconds` (default FRAME_SECONDS).
     """
     limits = limits or Limits.from_env()
     settings, setting_warnings = check_settings(settings, limits)
+    frame_seconds = check_frame_seconds(FRAME_SECONDS if frame_seconds is None else frame_seconds)
     prompt, warnings, presets, device, source, cache = _prepare(model, variants, prompt, custom, device_map, cache,
                                                                 limits, progress)
     schedule = schedule or ("threads" if device.startswith("cuda") else "interleave")
@@ -148,7 +152,7 @@ def run_comparison(
         ids, prompt_warnings = encode_prompt(tokenizer, prompt, settings.chat_template, limits)
         result.prompt_token_ids = ids
         result.warnings += prompt_warnings
-        own = yield from _stream_all(result, loaded, ids, settings, stop, schedule, device)
+        own = yield from _stream_all(result, loaded, ids, settings, stop, schedule, frame_seconds)
         if not (stop is not None and stop.is_set()):
             start = time.perf_counter()
             _score(result, loaded, ids, own)
@@ -227,7 +231,7 @@ class _Events(queue.Queue):
 
 def _stream_all(result: ComparisonResult, loaded: list[tuple[VariantResult, LoadedModel]], ids: list[int],
                 settings: GenerationSettings, stop: threading.Event | None, schedule: str,
-                device: str) -> Generator[ComparisonResult, None, dict[str, quality.OwnRun]]:
+                frame_seconds: float) -> Generator[ComparisonResult, None, dict[str, quality.OwnRun]]:
     """Stream every loaded variant; returns what each generation left for scoring."""
     events = _Events()
     input_ids = torch.tensor([ids], dtype=torch.long)
@@ -250,7 +254,7 @@ def _stream_all(result: ComparisonResult, loaded: list[tuple[VariantResult, Load
         running = len(streams)
         last_frame = 0.0
         while running:
-            pause = last_frame + FRAME_SECONDS - time.perf_counter()
+            pause = last_frame + frame_seconds - time.perf_counter()
             if pause > 0:  # let tokens gather: fewer frames, and the consumer stays off the CPU meanwhile;
                 events.ended.wait(pause)  # a stream that ends cuts the pause short
             events.ended.clear()

@@ -43,6 +43,17 @@ class Limits:
         )
 
 
+FRAME_SECONDS_RANGE = (0.05, 5.0)
+
+
+def check_frame_seconds(value: Any) -> float:
+    """The least time between two streamed frames a client asks for."""
+    low, high = FRAME_SECONDS_RANGE
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not low <= value <= high:
+        raise ValueError(f"frame_seconds must be a number of seconds from {low} to {high}.")
+    return float(value)
+
+
 def clean_prompt(prompt: Any, limits: Limits) -> tuple[str, list[str]]:
     if not isinstance(prompt, str):
         raise ValueError("The prompt must be text.")

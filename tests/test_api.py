@@ -26,6 +26,7 @@ def test_compare_streams_frames_and_ends_with_a_complete_one(client):
     final = job.result()
     intermediate = [f for f in frames if not f["done"]]
     assert len(intermediate) >= 3
+    assert any(0 < f["variants"][0]["new_tokens"] < 16 for f in intermediate)  # tokens arrive while they stream
     assert final["done"] and [v["name"] for v in final["variants"]] == ["fp32", "int8", "nf4"]
     assert all(v["status"] == "done" and v["text"] and v["footprint_bytes"] for v in final["variants"])
     assert "Paris" in final["variants"][0]["text"]

@@ -15,7 +15,22 @@ def _run(tiny_source, cache, variants, **kw):
                                kw.pop("settings", SETTINGS), cache=cache, device_map="cpu", **kw))
 
 
-def test_frames_share_one_schema_and_fp32_comes_first(tiny_source, cache):
+@pytest.fixture
+def real_pace(tiny_source, cache, monkeypatch):
+    """The tiny model at a real model's pace on this CPU (~40 ms a token), so frames can batch tokens."""
+    import time
+
+    model_class = type(cache.get(tiny_source, PRESETS["fp32"], "cpu")[0].model)
+    original = model_class.forward
+
+    def forward(self, *args, **kwargs):
+        time.sleep(0.04)
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(model_class, "forward", forward)
+
+
+def test_frames_share_one_schema_and_fp32_comes_first(tiny_source, cache, real_pace):
     frames = _run(tiny_source, cache, ["nf4", "int8"])
     keys = {tuple(sorted(f.to_dict())) for f in frames}
     variant_keys = {tuple(sorted(v)) for f in frames for v in f.to_dict()["variants"]}
@@ -120,17 +135,24 @@ def test_limits_cap_with_visible_warnings(tiny_source, cache):
         next(run_comparison(str(tiny_source.path), ["int8", "nf4"], "Hi", cache=cache, limits=Limits(max_variants=2)))
 
 
-def test_frames_batch_tokens_and_a_finished_stream_ends_the_wait(tiny_source, cache, monkeypatch):
+def test_frames_batch_tokens_and_a_finished_stream_ends_the_wait(tiny_source, cache):
     """Tokens that arrive within a frame interval share one frame; the end of generation is shown at once."""
     import time
 
-    from quantplay import compare
-
     _run(tiny_source, cache, ["fp32"])  # loaded
-    monkeypatch.setattr(compare, "FRAME_SECONDS", 30.0)
     start = time.perf_counter()
-    frames = _run(tiny_source, cache, ["fp32"], settings=GenerationSettings(max_new_tokens=6))
-    assert time.perf_counter() - start < 15  # not the 30 s frame interval
+    frames = _run(tiny_source, cache, ["fp32"], settings=GenerationSettings(max_new_tokens=6), frame_seconds=5.0)
+    assert time.perf_counter() - start < 4  # six tiny-model tokens take milliseconds: not the 5 s frame interval
     streaming = [f for f in frames if f.variants[0].new_tokens > 0]
     assert streaming[-1].done and streaming[-1].variants[0].new_tokens == 6
     assert len(streaming) <= 3  # the first token's frame, then the rest together (and the final frame)
+
+
+def test_frame_seconds_sets_the_frame_rate_and_is_checked(tiny_source, cache, real_pace):
+    slow = GenerationSettings(max_new_tokens=8)
+    every = [f for f in _run(tiny_source, cache, ["fp32"], settings=slow, frame_seconds=0.05) if f.variants[0].new_tokens]
+    batched = [f for f in _run(tiny_source, cache, ["fp32"], settings=slow, frame_seconds=1.0) if f.variants[0].new_tokens]
+    assert len(batched) < len(every) and batched[-1].variants[0].new_tokens == 8
+    for bad in (0, -1, 10.0, "fast", True):
+        with pytest.raises(ValueError, match="frame_seconds must be"):
+            _run(tiny_source, cache, ["fp32"], frame_seconds=bad)

@@ -62,6 +62,8 @@ def cases(odd):
         ({"model": "<script>alert(1)</script>"}, "&lt;script&gt;"),
         ({"seed": -1}, "seed must be"),
         ({"temperature": 50.0}, "temperature must be"),
+        ({"frame_seconds": 0.0}, "frame_seconds must be"),
+        ({"frame_seconds": 600.0}, "frame_seconds must be"),
     ]
     return ok, bad
 
