@@ -63,15 +63,16 @@ def read_bandwidth_bytes_per_s(size: int = 1 << 30, repeats: int = 3) -> float:
 
 
 def bare_generate(model, ids: list[int], new_tokens: int) -> float:
-    """A plain greedy `generate`, timed: the notebook baseline. It runs on the compute thread,
-    where quantplay runs its own generations, so both get the same OpenMP team."""
+    """A plain greedy `generate`, timed: the notebook baseline (the seed tutorial's
+    `with torch.no_grad(): model.generate(...)`, as quantplay runs it). It runs on the compute
+    thread, where quantplay runs its own generations, so both get the same OpenMP team."""
     return COMPUTE.call(_bare_generate, model, ids, new_tokens)
 
 
 def _bare_generate(model, ids: list[int], new_tokens: int) -> float:
     input_ids = torch.tensor([ids], device=model.device)
     start = time.perf_counter()
-    with torch.inference_mode():
+    with torch.no_grad():  # inference_mode would be 6-9% faster here: see docs/benchmarks.md
         model.generate(input_ids, attention_mask=torch.ones_like(input_ids), max_new_tokens=new_tokens,
                        min_new_tokens=new_tokens, do_sample=False)
     if torch.cuda.is_available():
