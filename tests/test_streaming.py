@@ -119,4 +119,3 @@ def test_threads_schedule_runs_each_stream_on_its_own_thread(fp32):
     assert a.result.token_ids == b.result.token_ids and len(a.result.token_ids) == 5
     with pytest.raises(ValueError, match="schedule"):
         TokenStream(fp32.model, _prompt(fp32), GenerationSettings(), schedule="fastest")
-
