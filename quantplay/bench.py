@@ -264,18 +264,16 @@ def run_bench(model: str = catalog.BUNDLED_NAME, variants: tuple[str, ...] = ("f
     log(f"A/B interleaved, {repeats} repeat(s) of {new_tokens} tokens, bare generate before and after each…")
     bare: dict[str, list[float]] = {v: [] for v in variants}
     stream, nway, nway_threads, metric_times, full_pass_times = [], [], [], [], []
-    finals = {}
+    final = None  # the last interleaved comparison: its per-variant figures go in the report
     for i in range(repeats + 1):
         for v in variants:
             bare[v].append(bare_generate(entries[v].model, ids, new_tokens))
         if i == repeats:
             break
         stream.append(timed_comparison(model, ["fp32"], cache, new_tokens)[0])
-        seconds, finals["interleave"] = timed_comparison(model, list(variants), cache, new_tokens, "interleave")
+        seconds, final = timed_comparison(model, list(variants), cache, new_tokens, "interleave")
         nway.append(seconds)
-        seconds, finals["threads"] = timed_comparison(model, list(variants), cache, new_tokens, "threads")
-        nway_threads.append(seconds)
-        final = finals["interleave"]
+        nway_threads.append(timed_comparison(model, list(variants), cache, new_tokens, "threads")[0])
         metric_times.append(final.scoring_seconds or 0.0)
         start = time.perf_counter()  # the same metrics without reusing the generations' logits and caches
         COMPUTE.call(quality.score_variants, [entries[v].model for v in variants], ids + final.variants[0].token_ids,
@@ -300,7 +298,7 @@ def run_bench(model: str = catalog.BUNDLED_NAME, variants: tuple[str, ...] = ("f
     bandwidth = COMPUTE.call(read_bandwidth_bytes_per_s) if not device.startswith("cuda") else None
     result["read_bandwidth_bytes_per_s"] = bandwidth
     per_variant = {}
-    for row in finals["interleave"].variants:
+    for row in final.variants:
         tps = row.tokens_per_second
         per_variant[row.name] = {
             "decode_tokens_per_second": tps, "ttft_seconds": row.ttft_seconds, "footprint_bytes": row.footprint_bytes,

@@ -91,7 +91,6 @@ class ComputeThread:
                     running.append(g)
                 del g
 
-
     @staticmethod
     def _run_jobs(jobs: list[tuple[Callable[[], Any], Future]]) -> None:
         while jobs:

@@ -113,7 +113,7 @@ class StreamResult:
     token_ids: list[int] = field(default_factory=list)
     step_seconds: list[float] = field(default_factory=list)
     past_key_values: Any = None
-    logits: torch.Tensor | None = None  # [tokens, vocab] float32, when kept (the fp32 reference's)
+    logits: torch.Tensor | None = None  # [tokens, vocab] float32, when kept (scoring reuses them)
     stopped: bool = False
     error: BaseException | None = None
 
