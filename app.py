@@ -2,6 +2,11 @@
 
 import os
 
+if __name__ == "__main__":
+    from quantplay import allocator
+
+    allocator.use_preferred()  # jemalloc when the machine has it: re-executes this command once (see allocator.py)
+
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # nothing phones home unless asked
 
 from transformers.utils import logging as hf_logging  # noqa: E402

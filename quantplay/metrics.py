@@ -17,6 +17,8 @@ from typing import Any
 
 import torch
 
+from . import allocator
+
 _INTERESTING_FLAGS = ("avx", "avx2", "fma", "f16c", "avx512f", "avx512bw", "avx512_vnni", "avx512_bf16",
                       "avx512_fp16", "amx_bf16", "amx_int8", "amx_tile", "neon", "asimd", "sve")
 
@@ -173,5 +175,6 @@ def _static_environment() -> dict[str, Any]:
         "cpu_flags": list(cpu_flags()),
         "platform": platform.platform(),
         "python": platform.python_version(),
+        "malloc": allocator.active(),  # jemalloc/tcmalloc when app.py found one (see allocator.py)
         "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
     }

@@ -16,7 +16,7 @@ from typing import Any
 
 import gradio as gr
 
-from . import catalog, metrics, preload, ui_insight, views
+from . import allocator, catalog, metrics, preload, ui_insight, views
 from .compare import Limits, run_comparison
 from .loader import MemoryBudgetError, default_cache
 from .presets import PRESETS
@@ -106,7 +106,7 @@ def server_status() -> dict:
     return {"entries": cache.entries(), "loads": cache.loads, "budget_bytes": cache.budget_bytes,
             "resident_bytes": cache.resident_bytes(), "live_streams": live_streams(),
             "evictions": [f"{key[0][1]}/{key[1].name}" for key in cache.evictions],
-            "process_rss_bytes": metrics.process_rss_bytes()}
+            "process_rss_bytes": metrics.process_rss_bytes(), "malloc": allocator.active()}
 
 
 def custom_fields(enabled: bool, mode: str, quant_type: str, compute_dtype: str, double_quant: bool, storage: str,

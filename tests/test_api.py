@@ -51,3 +51,12 @@ def test_bad_input_is_a_clear_error_and_the_app_keeps_serving(client):
     final = client.predict(model="SmolLM2-135M-Instruct", variants=["fp32"], prompt="Hi", max_new_tokens=4,
                            api_name="/compare")
     assert final["done"]
+
+
+def test_the_server_runs_on_the_preferred_malloc_when_the_machine_has_one(client):
+    from quantplay import allocator
+
+    status = client.predict(api_name="/status")
+    library = allocator.choose(None)
+    expected = "system" if library is None else allocator.active(f"7f00-7f01 r-xp 0 0:0 0 /usr/lib/{library}")
+    assert status["malloc"] == expected

@@ -14,6 +14,8 @@ import pytest
 from gradio_client import Client
 from server import running_app
 
+from quantplay import allocator
+
 pytestmark = [pytest.mark.api, pytest.mark.slow]
 BUNDLED = "SmolLM2-135M-Instruct"
 PROMPTS = ["What is the capital of France?", "Name a colour.", "What is 2 + 2?"]
@@ -86,6 +88,9 @@ def warm_disk_cache():
         cache.unload()
 
 
+@pytest.mark.skipif(allocator.choose(None) is None,
+                    reason="needs jemalloc or tcmalloc (apt-get install libjemalloc2): under glibc's malloc the "
+                           "server held 1.1 GiB more than its models, beyond this budget (see quantplay/allocator.py)")
 def test_eight_sessions_for_two_minutes_with_a_budget_that_fits_all():
     budget = 2 * 2**30
     with running_app({"QUANTPLAY_MEMORY_BUDGET": str(budget)}) as (url, proc):
@@ -99,6 +104,7 @@ def test_eight_sessions_for_two_minutes_with_a_budget_that_fits_all():
     used = {v["name"] for _, final in results for v in final["variants"]}
     assert status["loads"] == len(used)  # each (model, preset) loaded once
     assert status["evictions"] == [] and status["live_streams"] == 0
+    assert status["malloc"] != "system"
 
 
 def test_a_small_budget_evicts_instead_of_failing():
