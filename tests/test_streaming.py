@@ -119,3 +119,20 @@ def test_threads_schedule_runs_each_stream_on_its_own_thread(fp32):
     assert a.result.token_ids == b.result.token_ids and len(a.result.token_ids) == 5
     with pytest.raises(ValueError, match="schedule"):
         TokenStream(fp32.model, _prompt(fp32), GenerationSettings(), schedule="fastest")
+
+
+@pytest.mark.parametrize("schedule", ["interleave", "threads"])
+def test_generation_runs_in_inference_mode_and_leaves_the_compute_thread_as_it_found_it(fp32, schedule):
+    """Inference mode is the speed-up measured in docs/benchmarks.md; greenlets must not leak it into jobs."""
+    from quantplay.compute import COMPUTE
+
+    streams = [TokenStream(fp32.model, _prompt(fp32), GenerationSettings(max_new_tokens=6), schedule=schedule,
+                           tag=i).start() for i in range(2)]
+    assert all(s.join(60) for s in streams)
+    for s in streams:
+        assert s.result.error is None and len(s.result.token_ids) == 6
+        layer = s.result.past_key_values.layers[0]
+        assert layer.keys.is_inference()  # made in inference mode, not merely under no_grad
+    assert COMPUTE.call(torch.is_inference_mode_enabled) is False  # loads and jobs run outside it
+    assert COMPUTE.call(torch.is_grad_enabled) is False
+    assert torch.is_inference_mode_enabled() is False
