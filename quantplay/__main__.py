@@ -102,6 +102,9 @@ def cmd_estimate(args: argparse.Namespace) -> int:
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
+    from . import allocator
+
+    allocator.use_preferred()  # the server's allocator, so the bare baseline, quantplay and its API share it
     from .bench import run_bench, to_markdown
 
     variants = tuple(v.strip() for v in args.variants.split(",") if v.strip())
