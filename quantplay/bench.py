@@ -72,7 +72,7 @@ def bare_generate(model, ids: list[int], new_tokens: int) -> float:
 def _bare_generate(model, ids: list[int], new_tokens: int) -> float:
     input_ids = torch.tensor([ids], device=model.device)
     start = time.perf_counter()
-    with torch.no_grad():  # inference_mode would be 6-9% faster here: see docs/benchmarks.md
+    with torch.no_grad():  # the notebook's generate; quantplay runs in inference_mode, 6-9% faster (docs/benchmarks.md)
         model.generate(input_ids, attention_mask=torch.ones_like(input_ids), max_new_tokens=new_tokens,
                        min_new_tokens=new_tokens, do_sample=False)
     if torch.cuda.is_available():
