@@ -29,7 +29,7 @@ log = logging.getLogger(__name__)
 PREFERRED = ("jemalloc", "tcmalloc_minimal", "tcmalloc")
 ENV = "QUANTPLAY_MALLOC"
 MARKER = "QUANTPLAY_MALLOC_REEXEC"  # set in the re-executed process: never loop
-KNOWN = {"jemalloc": "jemalloc", "tcmalloc": "tcmalloc"}  # a word in the library's file name -> what to call it
+KNOWN = ("jemalloc", "tcmalloc")  # what `active()` reports, found in the mapped libraries' file names
 
 
 def choose(setting: str | None, find: Callable[[str], str | None] = ctypes.util.find_library) -> str | None:
@@ -56,14 +56,14 @@ def active(maps: str | None = None) -> str:
         except OSError:
             return "system"
     libraries = {Path(line.split()[-1]).name for line in maps.splitlines() if "/" in line}
-    for word, name in KNOWN.items():
-        if any(word in lib for lib in libraries):
+    for name in KNOWN:
+        if any(name in lib for lib in libraries):
             return name
     return "system"
 
 
 def use_preferred(argv: list[str] | None = None, environ: dict[str, str] | None = None,
-                  execv: Callable[[str, list[str]], None] = os.execve) -> str:
+                  execv: Callable[[str, list[str], dict[str, str]], None] = os.execve) -> str:
     """Re-execute this command with a preferred malloc preloaded; returns (in the final process) which one runs.
 
     Does nothing on other platforms than Linux, when QUANTPLAY_MALLOC=system, when one already
@@ -82,7 +82,7 @@ def use_preferred(argv: list[str] | None = None, environ: dict[str, str] | None 
     if library is None:
         if environ.get(ENV, "auto").lower() == "auto":
             log.warning("No jemalloc or tcmalloc found: running on glibc's malloc, which holds more memory "
-                     "under many sessions (apt-get install libjemalloc2; see README).")
+                        "under many sessions (apt-get install libjemalloc2; see README).")
         return "system"
     preload = " ".join(p for p in (library, environ.get("LD_PRELOAD", "")) if p)
     argv = list(sys.orig_argv[1:] if argv is None else argv)

@@ -90,7 +90,7 @@ def warm_disk_cache():
 
 @pytest.mark.skipif(allocator.choose(None) is None,
                     reason="needs jemalloc or tcmalloc (apt-get install libjemalloc2): under glibc's malloc the "
-                           "server held 1.1 GiB more than its models, beyond this budget (see quantplay/allocator.py)")
+                           "server held 1.3 GiB more than its models, beyond this budget (see quantplay/allocator.py)")
 def test_eight_sessions_for_two_minutes_with_a_budget_that_fits_all():
     budget = 2 * 2**30
     with running_app({"QUANTPLAY_MEMORY_BUDGET": str(budget)}) as (url, proc):
