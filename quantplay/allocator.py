@@ -18,6 +18,7 @@ dynamic linker knows), "system" (leave glibc's malloc), or a library name/path.
 from __future__ import annotations
 
 import ctypes.util
+import functools
 import logging
 import os
 import sys
@@ -49,17 +50,23 @@ def choose(setting: str | None, find: Callable[[str], str | None] = ctypes.util.
 
 
 def active(maps: str | None = None) -> str:
-    """Which malloc this process runs on: 'jemalloc', 'tcmalloc' or 'system'."""
+    """Which malloc this process runs on (or the one `maps` describes): 'jemalloc', 'tcmalloc' or 'system'."""
     if maps is None:
-        try:
-            maps = Path("/proc/self/maps").read_text()
-        except OSError:
-            return "system"
+        return _this_process()
     libraries = {Path(line.split()[-1]).name for line in maps.splitlines() if "/" in line}
     for name in KNOWN:
         if any(name in lib for lib in libraries):
             return name
     return "system"
+
+
+@functools.cache
+def _this_process() -> str:
+    """`active()` for this process: read once, since a process keeps the malloc it started with."""
+    try:
+        return active(Path("/proc/self/maps").read_text())
+    except OSError:
+        return "system"
 
 
 def use_preferred(argv: list[str] | None = None, environ: dict[str, str] | None = None,

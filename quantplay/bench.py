@@ -196,7 +196,7 @@ def run_bench(model: str = catalog.BUNDLED_NAME, variants: tuple[str, ...] = ("f
               log: Log = lambda message: print(message, file=sys.stderr)) -> dict[str, Any]:
     if random_init:
         model = random_init_model(model, log)
-    repeats = repeats or (1 if quick else DEFAULT_REPEATS)
+    repeats = (1 if quick else DEFAULT_REPEATS) if repeats is None else repeats
     if repeats < 1:
         raise ValueError("repeats must be at least 1.")
     new_tokens = 16 if quick else 64
