@@ -1,10 +1,20 @@
-"""quantplay: see what quantization does to a language model."""
+"""quantplay: see what quantization does to a language model.
+
+The package is the library API (`library.py`): `quantplay.compare`, `stream`,
+`estimate` and `launch`, and `QuantplayError`, the one error they raise for a
+request that cannot work. Importing it is light (no torch, transformers or gradio
+until a function is called) and never re-executes the process.
+"""
 
 from __future__ import annotations
 
 import logging
 
+from .errors import QuantplayError
+from .library import compare, estimate, launch, stream
+
 __version__ = "0.1.0"
+__all__ = ["QuantplayError", "__version__", "compare", "estimate", "launch", "stream"]
 
 
 class _DropRepeats(logging.Filter):

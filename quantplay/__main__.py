@@ -1,53 +1,51 @@
-"""Command line: python -m quantplay compare | presets | models."""
+"""Command line: `python -m quantplay COMMAND`, a thin caller of the library, built to be scripted.
+
+Commands:
+  compare   stream fp32 and quantized variants of one model side by side; a table, or `--json`
+  estimate  weight memory of every preset, from the model's config alone (`--json`)
+  inspect   each quantized layer's weight error against the checkpoint, worst first (`--json`, `--csv`)
+  bench     measure the playground against bare transformers (`--json`; see docs/benchmarks.md)
+  cache     `cache list [--json]` / `cache clear [NAME]`: the disk cache of quantized weights
+  presets   the named presets (`--json`)
+  models    the model choices: curated Hub ids and allow-listed local directories (`--json`)
+  config    every effective setting and where it came from (`--json`)
+  serve     start the page, as `python app.py` does (`--host`, `--port`, `--share`)
+  evaluate  agreement with fp32 over many prompts, with 95% bootstrap intervals (`--json`, `--csv`)
+  loadtest  N gradio_client sessions at once against a running app (`--sessions`, `--url`): JSON figures
+  `--version` prints the version.
+
+Every failure ends with one line on stderr, `error: ...`, and an exit code:
+  0    done
+  1    compare ran, but a variant failed (its row says why)
+  2    refused: a bad request or argument, a model that is not available, a malformed setting
+  3    out of memory: the memory budget refused the variants, or memory ran out while loading
+  4    an operating-system error (a missing or unreadable file, a full disk)
+  130  interrupted (Ctrl-C)
+Progress and warnings go to stderr; with `--json`, stdout holds the result object and nothing else.
+Generation settings default as in the API (`GenerationSettings.from_request`): greedy, top-p 1.0.
+"""
 
 from __future__ import annotations
 
 import argparse
 import json
 import logging
+import os
 import sys
+from contextlib import closing
 
-from . import catalog
+from . import __version__, catalog, hub, views
+from .errors import MemoryBudgetError, QuantplayError
 from .presets import PRESETS
 
-
-def _fmt_mib(value) -> str:
-    return "-" if value is None else f"{value / 2**20:.1f}"
-
-
-def _fmt(value, spec: str) -> str:
-    return "-" if value is None else format(value, spec)
-
-
-def render_table(result: dict) -> str:
-    """A readable table of a final comparison result, then the texts."""
-    rows = [("variant", "status", "MiB", "x fp32", "KV MiB", "load s", "TTFT s", "tok/s", "tokens", "KL", "top-1", "ppl")]
-    ref = result["variants"][0].get("footprint_bytes")
-    for v in result["variants"]:
-        ratio = f"{ref / v['footprint_bytes']:.2f}x" if ref and v.get("footprint_bytes") else "-"
-        load = "cached" if v.get("cache_hit") else _fmt(v.get("load_seconds"), ".2f")
-        rows.append((v["name"], v["status"], _fmt_mib(v.get("footprint_bytes")), ratio,
-                     _fmt_mib(v.get("kv_cache_bytes")), load, _fmt(v.get("ttft_seconds"), ".3f"),
-                     _fmt(v.get("tokens_per_second"), ".1f"), str(v.get("new_tokens", 0)),
-                     _fmt(v.get("kl_divergence_mean"), ".4f"), _fmt(v.get("top1_agreement"), ".0%"),
-                     _fmt(v.get("perplexity"), ".2f")))
-    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-    lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows]
-    lines.insert(1, "  ".join("-" * w for w in widths))
-    lines.append("")
-    for w in result.get("warnings", []):
-        lines.append(f"warning: {w}")
-    lines += [v["reading"] for v in result["variants"] if v.get("reading")]
-    for v in result["variants"]:
-        lines.append(f"--- {v['name']}" + (f" (error: {v['error']})" if v.get("error") else ""))
-        for w in v.get("warnings", []):
-            lines.append(f"    note: {w}")
-        lines.append(v.get("text", ""))
-    return "\n".join(lines)
+# servers (and the bench, which measures one): jemalloc when the machine has it, by re-executing once (allocator.py)
+REEXECS = ("serve", "bench")
+RUNS_MODELS = ("compare", "bench", "serve", "inspect", "evaluate")  # commands whose torch threads are sized to the CPUs in force
+EXIT_OK, EXIT_VARIANT_FAILED, EXIT_REFUSED, EXIT_OUT_OF_MEMORY, EXIT_OS_ERROR, EXIT_INTERRUPTED = 0, 1, 2, 3, 4, 130
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
-    from .compare import run_comparison
+    from .comparison import run_comparison
     from .streaming import GenerationSettings
 
     custom = None
@@ -55,64 +53,92 @@ def cmd_compare(args: argparse.Namespace) -> int:
         try:
             custom = json.loads(args.custom)
         except json.JSONDecodeError as exc:
-            print(f"error: --custom is not valid JSON: {exc}", file=sys.stderr)
-            return 2
-    settings = GenerationSettings(max_new_tokens=args.max_new_tokens, do_sample=args.temperature is not None,
-                                  temperature=args.temperature or 0.7, top_p=args.top_p, seed=args.seed,
-                                  chat_template=not args.no_chat_template)
+            raise QuantplayError(f"--custom is not valid JSON: {exc}") from None
+    settings = GenerationSettings.from_request(max_new_tokens=args.max_new_tokens, temperature=args.temperature,
+                                               top_p=args.top_p, seed=args.seed,
+                                               chat_template=not args.no_chat_template)
 
     def progress(fraction: float, message: str) -> None:
         print(f"[{fraction:4.0%}] {message}", file=sys.stderr)
 
     final = None
     seen: dict[str, str] = {}
-    try:
-        for frame in run_comparison(args.model, args.variants, args.prompt, settings, custom=custom,
-                                    device_map=args.device_map, progress=progress):
+    frames = run_comparison(args.model, args.variants, args.prompt, settings, custom=custom,
+                            device_map=args.device_map, progress=progress)
+    with closing(frames):  # on Ctrl-C too: its streams stop and its leases go back
+        for frame in frames:
             final = frame
             for v in frame.variants:  # status lines as they change
                 if seen.get(v.name) != v.status and v.status not in ("loading", "generating"):
                     seen[v.name] = v.status
                     print(f"{v.name}: {v.status} {v.message}", file=sys.stderr)
-    except ValueError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
     data = final.to_dict()
-    print(json.dumps(data, indent=2, ensure_ascii=False) if args.json else render_table(data))
-    return 0 if all(v["status"] == "done" for v in data["variants"]) else 1
+    print(json.dumps(data, indent=2, ensure_ascii=False) if args.json else views.text_table(data))
+    return EXIT_OK if all(v["status"] == "done" for v in data["variants"]) else EXIT_VARIANT_FAILED
 
 
 def cmd_estimate(args: argparse.Namespace) -> int:
-    from .estimate import estimate_model
+    from .estimator import estimate_model
 
-    try:
-        result = estimate_model(args.model, device=args.device)
-    except ValueError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    result = estimate_model(args.model, device=args.device)
     if args.json:
-        print(json.dumps(result, indent=2))
+        print(json.dumps(result.to_dict(), indent=2))
         return 0
-    where = "VRAM" if result["device"].startswith("cuda") else "RAM"
-    print(f"{result['model']}: {result['parameters'] / 1e9:.3f} B parameters ({result['config_source']}); "
-          f"{where} available: {result['available_bytes'] / 2**30:.1f} GiB")
-    for preset, size in result["estimates"].items():
-        print(f"  {preset:7} {size / 2**30:8.2f} GiB  {'fits' if result['fits'][preset] else 'does not fit'}")
+    where = "VRAM" if result.device.startswith("cuda") else "RAM"
+    print(f"{result.model}: {result.parameters / 1e9:.3f} B parameters ({result.config_source}); "
+          f"{where} available: {result.available_bytes / 2**30:.1f} GiB")
+    for preset, size in result.estimates.items():
+        print(f"  {preset:7} {size / 2**30:8.2f} GiB  {'fits' if result.fits[preset] else 'does not fit'}")
     return 0
 
 
-def cmd_bench(args: argparse.Namespace) -> int:
-    from . import allocator
+def cmd_inspect(args: argparse.Namespace) -> int:
+    """Per-layer weight error of one quantized variant: worked out as it loads, before any forward pass."""
+    from . import weights
+    from .loader import default_cache
+    from .presets import QuantPreset, get_preset
 
-    allocator.use_preferred()  # the server's allocator, so the bare baseline, quantplay and its API share it
+    try:
+        preset = QuantPreset.from_fields("custom", json.loads(args.custom)) if args.custom else get_preset(args.variant)
+    except json.JSONDecodeError as exc:
+        raise QuantplayError(f"--custom is not valid JSON: {exc}") from None
+    if not preset.quantized:
+        raise QuantplayError(f"{preset.name} is not quantized: pick int8, nf4, fp4 or a --custom 8/4-bit config.")
+    source = catalog.resolve(args.model, progress=lambda f, m: print(f"[{f:4.0%}] {m}", file=sys.stderr))
+    with default_cache().lease(source, preset, args.device_map) as (entry, _):
+        report = entry.layer_errors
+    if report is None:
+        raise QuantplayError(f"{preset.name} of {source.name!r} holds no bitsandbytes linear layer.")
+    if args.json:
+        print(json.dumps({"model": source.name, "variant": preset.name, **report.to_dict()}, indent=2))
+    else:
+        print(weights.to_csv(report).rstrip("\n") if args.csv else weights.to_text(source.name, preset.name, report))
+    return EXIT_OK
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    """Agreement with fp32 over many prompts, with bootstrap intervals (evaluate.py)."""
+    from . import evaluate
+
+    prompts = evaluate.prompts_from_file(args.prompts) if args.prompts else None
+    variants = ["fp32"] + [v.strip() for v in args.variants.split(",") if v.strip() and v.strip() != "fp32"]
+    report = evaluate.run_evaluation(args.model, variants, prompts, max_new_tokens=args.max_new_tokens,
+                                     resamples=args.resamples,
+                                     progress=lambda f, m: print(f"[{f:4.0%}] {m}", file=sys.stderr))
+    if args.json:
+        print(json.dumps(report, indent=2))
+    else:
+        print(evaluate.to_csv(report).rstrip("\n") if args.csv else evaluate.to_text(report))
+    return EXIT_OK
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    # main() already re-executed the bench on the server's allocator (REEXECS), so the bare baseline,
+    # quantplay and its API share it
     from .bench import run_bench, to_markdown
 
     variants = tuple(v.strip() for v in args.variants.split(",") if v.strip())
-    try:
-        result = run_bench(args.model, variants, quick=args.quick, random_init=args.random_init, repeats=args.repeats)
-    except ValueError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    result = run_bench(args.model, variants, quick=args.quick, random_init=args.random_init, repeats=args.repeats)
     print(json.dumps(result, indent=2) if args.json else to_markdown(result))
     return 0
 
@@ -124,6 +150,10 @@ def cmd_cache(args: argparse.Namespace) -> int:
         print(f"removed {diskcache.clear(args.name)} entr(ies) from {diskcache.root()}")
         return 0
     items = diskcache.entries()
+    if args.json:
+        print(json.dumps({"root": str(diskcache.root()), "limit_bytes": diskcache.limit_bytes(),
+                          "entries": items}, indent=2))
+        return 0
     for e in items:
         print(f"{e['id']}  {e['bytes'] / 2**20:8.1f} MiB  {e['name']}")
     total = sum(e["bytes"] for e in items)
@@ -142,16 +172,87 @@ def cmd_presets(args: argparse.Namespace) -> int:
 
 
 def cmd_models(args: argparse.Namespace) -> int:
-    for name in catalog.choices():
-        print(f"{name:40} {catalog.CURATED.get(name, 'local directory')}")
+    cached = set(hub.cached_models())
+    rows = [{"name": name, "description": catalog.CURATED.get(
+                name, "in the local Hugging Face cache" if name in cached else "local directory")}
+            for name in catalog.choices()]
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return 0
+    for row in rows:
+        print(f"{row['name']:40} {row['description']}")
     return 0
 
 
+def cmd_config(args: argparse.Namespace) -> int:
+    from . import config, metrics, resources
+
+    settings = config.current()
+    budget = resources.process_memory_budget(settings.memory_budget, "cpu")
+    device = metrics.default_device()
+    vram = resources.process_memory_budget(settings.vram_budget, device) if device.startswith("cuda") else None
+    rows = settings.describe() + resources.config_rows(budget, resources.describe(), vram)  # the limits in force, last
+    if args.json:
+        print(json.dumps(rows, indent=2))
+    else:
+        width = max(len(r["variable"]) for r in rows)
+        shown = [r["value"] or "(empty)" for r in rows]
+        value_width = max(map(len, shown))
+        for r, value in zip(rows, shown):
+            print(f"{r['variable']:{width}}  {value:{value_width}}  {r['source']:11}  {r['help']}")
+    return 0
+
+
+def serve_config(args: argparse.Namespace, config):
+    """The process's config with the command's flags over it; sharing stays off unless asked."""
+    from dataclasses import replace
+
+    changes = {"server_name": args.host, "server_port": args.port, "share": True if args.share else None}
+    return replace(config, **{key: value for key, value in changes.items() if value is not None})
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    """The page, as `python app.py` serves it (main() has re-executed with the preferred malloc, as app.py does)."""
+    os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # nothing phones home unless asked (as app.py)
+    from . import config as qconfig
+    from .ui import build_demo, launch_kwargs
+
+    settings = qconfig.use(serve_config(args, qconfig.current()))
+    build_demo(settings).launch(**launch_kwargs(settings))
+    return EXIT_OK
+
+
+def cmd_loadtest(args: argparse.Namespace) -> int:
+    """N sessions at once against a running app; JSON on stdout (exit 1 when a session failed)."""
+    from .loadtest import run_loadtest
+
+    variants = [v.strip() for v in args.variants.split(",") if v.strip()]
+    figures = run_loadtest(args.url, args.sessions, same_prompt=args.same_prompt, variants=variants,
+                           max_new_tokens=args.max_new_tokens, model=args.model, one_by_one=args.one_by_one)
+    print(json.dumps(figures, indent=2))
+    return EXIT_VARIANT_FAILED if figures["failures"] else EXIT_OK
+
+
+def _port(text: str) -> int:
+    if not text.isdigit() or not 1 <= int(text) <= 65535:
+        raise argparse.ArgumentTypeError(f"{text!r}: use a port number from 1 to 65535")
+    return int(text)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m quantplay", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m quantplay", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--version", action="version", version=f"quantplay {__version__}")
     parser.add_argument("-v", "--verbose", action="store_true", help="log loads and evictions")
     sub = parser.add_subparsers(dest="command", required=True)
 
+    _add_model_commands(sub)
+    _add_other_commands(sub)
+    return parser
+
+
+def _add_model_commands(sub) -> None:
+    """The commands that load or measure models."""
     p = sub.add_parser("compare", help="stream fp32 and quantized variants side by side")
     p.add_argument("--model", default=catalog.BUNDLED_NAME)
     p.add_argument("--variants", default="fp32,int8,nf4", help="comma-separated presets: " + ",".join(PRESETS))
@@ -159,8 +260,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--prompt", required=True)
     p.add_argument("--max-new-tokens", type=int, default=64)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--temperature", type=float, help="sample at this temperature (default: greedy)")
-    p.add_argument("--top-p", type=float, default=0.9)
+    p.add_argument("--temperature", type=float, default=0.0, help="sample at this temperature (default 0: greedy)")
+    p.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling, with --temperature (default 1.0)")
     p.add_argument("--no-chat-template", action="store_true")
     p.add_argument("--device-map", default="auto", choices=["auto", "cpu", "cuda:0"])
     p.add_argument("--json", action="store_true", help="print the final result object and nothing else on stdout")
@@ -172,6 +273,27 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_estimate)
 
+    p = sub.add_parser("inspect", help="each quantized layer's weight error against the checkpoint")
+    p.add_argument("--model", default=catalog.BUNDLED_NAME)
+    p.add_argument("--variant", default="nf4", help="a quantized preset: " + ",".join(n for n in PRESETS if n != "fp32"))
+    p.add_argument("--custom", help="BitsAndBytesConfig fields as JSON, instead of --variant")
+    p.add_argument("--device-map", default="auto", choices=["auto", "cpu", "cuda:0"])
+    form = p.add_mutually_exclusive_group()
+    form.add_argument("--json", action="store_true", help="every layer, with the 4-bit code shares")
+    form.add_argument("--csv", action="store_true", help="one row per layer")
+    p.set_defaults(func=cmd_inspect)
+
+    p = sub.add_parser("evaluate", help="agreement with fp32 over many prompts, with 95% intervals")
+    p.add_argument("--model", default=catalog.BUNDLED_NAME)
+    p.add_argument("--variants", default="int8,nf4", help="quantized presets to score against fp32, comma-separated")
+    p.add_argument("--prompts", help="a text file, one prompt per line (default: the ~30 shipped prompts)")
+    p.add_argument("--max-new-tokens", type=int, default=32, help="fp32's continuation per prompt (default 32)")
+    p.add_argument("--resamples", type=int, default=1000, help="bootstrap resamples over prompts (default 1000)")
+    form = p.add_mutually_exclusive_group()
+    form.add_argument("--json", action="store_true", help="every figure, the KL values and the reference points")
+    form.add_argument("--csv", action="store_true", help="one row per variant and statistic")
+    p.set_defaults(func=cmd_evaluate)
+
     p = sub.add_parser("bench", help="measure the playground against bare transformers")
     p.add_argument("--model", default=catalog.BUNDLED_NAME)
     p.add_argument("--variants", default="fp32,int8,nf4")
@@ -182,9 +304,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_bench)
 
+
+
+def _add_other_commands(sub) -> None:
+    """The commands that list, configure, serve and load-test."""
     p = sub.add_parser("cache", help="the disk cache of quantized weights")
     p.add_argument("action", choices=["list", "clear"])
     p.add_argument("name", nargs="?", help="with clear: only entries whose name contains this")
+    p.add_argument("--json", action="store_true", help="with list: the entries as JSON")
     p.set_defaults(func=cmd_cache)
 
     p = sub.add_parser("presets", help="list the named presets")
@@ -192,18 +319,79 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_presets)
 
     p = sub.add_parser("models", help="list the model choices")
+    p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_models)
-    return parser
+
+    p = sub.add_parser("config", help="every effective setting and where it came from (default, environment)")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_config)
+
+    p = sub.add_parser("serve", help="start the page, as `python app.py` does")
+    p.add_argument("--host", help="address to listen on (default: GRADIO_SERVER_NAME, else 127.0.0.1)")
+    p.add_argument("--port", type=_port, help="port to listen on (default: GRADIO_SERVER_PORT, else 7860)")
+    p.add_argument("--share", action="store_true", help="also make a public gradio share link (or QUANTPLAY_SHARE=1)")
+    p.set_defaults(func=cmd_serve)
+
+    p = sub.add_parser("loadtest", help="N gradio_client sessions at once against a running app")
+    p.add_argument("--sessions", type=int, default=8)
+    p.add_argument("--url", default="http://127.0.0.1:7860/")
+    p.add_argument("--same-prompt", action="store_true", help="every session sends the first example prompt")
+    p.add_argument("--one-by-one", action="store_true", help="the same sessions one after another: the lone baseline")
+    p.add_argument("--variants", default="fp32,nf4")
+    p.add_argument("--max-new-tokens", type=int, default=48)
+    p.add_argument("--model", default=catalog.BUNDLED_NAME)
+    p.set_defaults(func=cmd_loadtest)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.command in REEXECS:  # first, before torch is imported; never on import (a notebook kernel would restart)
+        from . import allocator
+
+        allocator.use_preferred()
+    from . import config
+    from .errors import ConfigError
+
+    try:
+        config.use(config.Config.from_env())  # every setting parsed now: a malformed one stops here
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
-    from transformers.utils import logging as hf_logging
+    if args.command in RUNS_MODELS:  # before the compute thread starts; the other commands skip importing torch
+        from . import resources
 
-    hf_logging.disable_progress_bar()  # quantplay reports its own progress
-    return args.func(args)
+        resources.size_torch_threads()  # a 2-CPU container on a 64-core host runs 2 threads, not 64
+    return run(args)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run one parsed command; every failure ends as one `error:` line on stderr and its exit code."""
+    try:
+        from .hub import download_bars_only
+
+        download_bars_only()  # quantplay reports loads itself; huggingface_hub's download bars reach stderr
+        return args.func(args)
+    except KeyboardInterrupt:
+        return fail("interrupted", EXIT_INTERRUPTED)
+    except MemoryBudgetError as exc:
+        return fail(str(exc), EXIT_OUT_OF_MEMORY)
+    except QuantplayError as exc:
+        return fail(str(exc), EXIT_REFUSED)
+    except OSError as exc:
+        return fail(str(exc), EXIT_OS_ERROR)
+    except (MemoryError, RuntimeError) as exc:
+        if isinstance(exc, MemoryError) or type(exc).__name__ == "OutOfMemoryError":  # torch's, not imported here
+            return fail(f"out of memory: {exc}", EXIT_OUT_OF_MEMORY)
+        raise
+
+
+def fail(message: str, code: int) -> int:
+    """One line on stderr, whatever the message held."""
+    line = " ".join(message.split()) or "failed"
+    print(f"error: {line}", file=sys.stderr)
+    return code
 
 
 if __name__ == "__main__":

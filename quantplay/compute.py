@@ -7,6 +7,7 @@ first had used torch, ran 1.8x slower than on the first. So quantplay sends
 loads, generations and scoring to a single compute thread, and runs N
 `model.generate` calls on it as greenlets that hand over after every token:
 the columns fill together, and each forward pass has the whole machine.
+(docs/benchmarks.md, "Concurrency on this CPU", has the measurements.)
 
 It knows nothing about models; it runs callables.
 """
@@ -84,7 +85,7 @@ class ComputeThread:
             del jobs  # nothing of a finished job (a model, say) may stay referenced from this frame
             running.extend(greenlet(_guarded(run), parent=self._hub) for run in spawned)
             del spawned
-            # Turns run in inference mode (measured 6-9% faster per token than the no_grad generate() sets).
+            # Turns run in inference mode (faster per token than the no_grad generate() sets: docs/benchmarks.md).
             # The hub holds it around the round: a greenlet entering it itself would be restored out of order.
             with torch.inference_mode():
                 for _ in range(len(running)):  # one turn each, round robin

@@ -7,7 +7,9 @@ weight files' size and mtime, or a Hub commit), the preset, the device, and the
 torch, transformers and bitsandbytes versions. Entries are written into a
 temporary directory and renamed into place, carry a manifest with each file's
 SHA-256, and are verified before use: a corrupt entry is deleted and rebuilt.
-The total size is kept under `QUANTPLAY_DISK_CACHE_LIMIT` (oldest used first out).
+The total size is kept under `QUANTPLAY_DISK_CACHE_LIMIT` (the config's
+`disk_cache_limit`: a size or a fraction of free disk; None, from '0'/'off', turns
+the cache off), oldest used first out. It sits below `loader` and never imports it.
 """
 
 from __future__ import annotations
@@ -24,38 +26,38 @@ import time
 from pathlib import Path
 from typing import Any
 
-from . import metrics
-from .catalog import ModelSource, cache_dir
+from . import config as qconfig
+from . import hub, metrics
+from .catalog import ModelSource, cache_dir, hub_reachable
+from .config import Config
 from .presets import QuantPreset
 
 log = logging.getLogger(__name__)
 MANIFEST = "quantplay-entry.json"
-DEFAULT_LIMIT = "8GiB"
 _lock = threading.Lock()
 
 
-def root() -> Path:
-    return cache_dir() / "quantized"
+def root(config: Config | None = None) -> Path:
+    return cache_dir(config) / "quantized"
 
 
-def limit_bytes() -> int:
-    from .loader import parse_budget
-
-    text = os.environ.get("QUANTPLAY_DISK_CACHE_LIMIT", DEFAULT_LIMIT)
-    if text.strip() in ("0", "off"):
+def limit_bytes(config: Config | None = None) -> int:
+    """The size limit in bytes (a fraction is of the disk free now); 0 when the cache is off."""
+    limit = (config or qconfig.current()).disk_cache_limit
+    if limit is None:
         return 0
-    return parse_budget(text, available=_disk_free())
+    return limit.resolve(_disk_free(config) if limit.bytes is None else 0)
 
 
-def _disk_free() -> int:
-    target = cache_dir()
+def _disk_free(config: Config | None = None) -> int:
+    target = cache_dir(config)
     while not target.exists():
         target = target.parent
     return shutil.disk_usage(target).free
 
 
-def enabled() -> bool:
-    return limit_bytes() > 0
+def enabled(config: Config | None = None) -> bool:
+    return limit_bytes(config) > 0
 
 
 def source_identity(source: ModelSource) -> str | None:
@@ -73,11 +75,11 @@ def source_identity(source: ModelSource) -> str | None:
 
 @functools.lru_cache(maxsize=64)
 def _hub_commit(model_id: str, revision: str | None) -> str | None:
-    """The commit the Hub serves now, asked once per process; offline or unknown: no disk cache."""
-    from .catalog import hub_reachable
-
+    """The commit the Hub serves now, asked once per process; offline, the commit the local HF cache
+    holds (what `local_files_only` loads); neither known: no disk cache."""
     if not hub_reachable():
-        return None
+        commit = hub.cached_commit(model_id, revision)
+        return f"hub:{model_id}@{commit}" if commit else None
     try:
         from huggingface_hub import HfApi
 
@@ -96,9 +98,9 @@ def entry_key(source: ModelSource, preset: QuantPreset, device: str) -> dict[str
             "bitsandbytes": env["bitsandbytes"]}
 
 
-def entry_dir(key: dict[str, Any]) -> Path:
+def entry_dir(key: dict[str, Any], config: Config | None = None) -> Path:
     digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:24]
-    return root() / digest
+    return root(config) / digest
 
 
 def _sha256(path: Path) -> str:
@@ -109,14 +111,35 @@ def _sha256(path: Path) -> str:
     return h.hexdigest()
 
 
-def has(key: dict[str, Any]) -> bool:
+def has(key: dict[str, Any], config: Config | None = None) -> bool:
     """Cheap: an entry is there (not yet verified)."""
-    return (entry_dir(key) / MANIFEST).is_file()
+    return (entry_dir(key, config) / MANIFEST).is_file()
 
 
-def lookup(key: dict[str, Any]) -> Path | None:
+def read_note(key: dict[str, Any], name: str, config: Config | None = None) -> Any:
+    """A JSON note kept beside an entry's weights (e.g. its per-layer weight error), or None."""
+    try:
+        return json.loads((entry_dir(key, config) / name).read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def write_note(key: dict[str, Any], name: str, data: Any, config: Config | None = None) -> None:
+    """Keep a JSON note beside an existing entry (atomically; never fails a load)."""
+    path = entry_dir(key, config)
+    if not (path / MANIFEST).is_file():
+        return
+    try:
+        tmp = path / f".{name}.tmp-{os.getpid()}"
+        tmp.write_text(json.dumps(data))
+        os.replace(tmp, path / name)
+    except OSError as exc:
+        log.warning("could not write %s beside disk cache entry %s: %s", name, path.name, exc)
+
+
+def lookup(key: dict[str, Any], config: Config | None = None) -> Path | None:
     """The verified entry directory for `key`, or None. A corrupt entry is removed."""
-    path = entry_dir(key)
+    path = entry_dir(key, config)
     manifest = path / MANIFEST
     if not manifest.is_file():
         return None
@@ -133,9 +156,9 @@ def lookup(key: dict[str, Any]) -> Path | None:
     return path
 
 
-def store(key: dict[str, Any], model, name: str) -> Path | None:
+def store(key: dict[str, Any], model, name: str, config: Config | None = None) -> Path | None:
     """Write a quantized model as a cache entry, atomically. Returns its path (None if it could not)."""
-    target = entry_dir(key)
+    target = entry_dir(key, config)
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
     try:
@@ -153,13 +176,14 @@ def store(key: dict[str, Any], model, name: str) -> Path | None:
         return None
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    enforce_limit()
+    enforce_limit(config)
     return target
 
 
-def entries() -> list[dict[str, Any]]:
+def entries(config: Config | None = None) -> list[dict[str, Any]]:
+    base = root(config)
     found = []
-    for manifest in root().glob(f"*/{MANIFEST}") if root().is_dir() else []:
+    for manifest in base.glob(f"*/{MANIFEST}") if base.is_dir() else []:
         try:
             data = json.loads(manifest.read_text())
         except (OSError, ValueError):
@@ -169,30 +193,32 @@ def entries() -> list[dict[str, Any]]:
     return sorted(found, key=lambda e: e["last_used"])
 
 
-def enforce_limit() -> list[str]:
+def enforce_limit(config: Config | None = None) -> list[str]:
     """Remove least recently used entries until the cache fits its limit; returns what went."""
+    base = root(config)
     removed = []
-    for leftover in root().glob(".*.tmp-*") if root().is_dir() else []:
+    for leftover in base.glob(".*.tmp-*") if base.is_dir() else []:
         if time.time() - leftover.stat().st_mtime > 3600:  # debris of a killed write
             shutil.rmtree(leftover, ignore_errors=True)
-    items = entries()
+    items = entries(config)
     total = sum(e["bytes"] for e in items)
-    while items and total > limit_bytes():
+    while items and total > limit_bytes(config):
         oldest = items.pop(0)
-        shutil.rmtree(root() / oldest["id"], ignore_errors=True)
+        shutil.rmtree(base / oldest["id"], ignore_errors=True)
         total -= oldest["bytes"]
         removed.append(oldest["name"])
     return removed
 
 
-def clear(name: str | None = None) -> int:
+def clear(name: str | None = None, config: Config | None = None) -> int:
     """Delete every entry (or those whose name contains `name`); also leftovers of interrupted writes."""
+    base = root(config)
     count = 0
-    for e in entries():
+    for e in entries(config):
         if name is None or name in e["name"]:
-            shutil.rmtree(root() / e["id"], ignore_errors=True)
+            shutil.rmtree(base / e["id"], ignore_errors=True)
             count += 1
-    if name is None and root().is_dir():
-        for leftover in root().glob(".*.tmp-*"):
+    if name is None and base.is_dir():
+        for leftover in base.glob(".*.tmp-*"):
             shutil.rmtree(leftover, ignore_errors=True)
     return count

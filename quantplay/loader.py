@@ -1,23 +1,36 @@
-"""ModelCache: each (model, revision, preset, device map) is loaded once and shared.
+"""ModelCache: each (model, revision, preset, device) is loaded once and shared.
+
+The device is the one `device_map` resolves to ("auto" is "cuda:0" on a CUDA
+machine, else "cpu"): the loader loads onto it either way, so a preloaded
+"auto" entry and a request placed on "cuda:0" share one copy.
 
 * single-flight: concurrent requests for one key wait for a single load;
-* LRU under a memory budget that counts each load's estimated peak (a
-  quantizing load briefly holds the float checkpoint too);
-* leases: a model in use is never evicted under a running generation;
-* eviction frees memory for real: references dropped, garbage collected,
-  CUDA cache emptied, the C heap trimmed.
+* LRU under a memory budget per pool, RAM (the config's `memory_budget`) and, on
+  a CUDA machine, VRAM (`vram_budget`): an entry counts against the pool of the
+  device it lives on (placement.py puts the fp32 reference in RAM when it does not
+  fit in VRAM), and each load counts its estimated peak (a quantizing load
+  briefly holds the float checkpoint too); when a config cannot be read, the
+  estimate comes from the weight files and says so, and with nothing to measure
+  the load is refused, never unchecked;
+* leases: whoever runs a model holds a lease (`lease()`), and a leased model is
+  never evicted; `get()` leases only while loading, so what it warms stays evictable;
+* eviction frees memory for real: references dropped, garbage collected, CUDA
+  cache emptied, the C heap trimmed, the slow part outside the cache's lock;
+* one tokenizer per model source, shared by its variants (an LRU per cache).
 
-It knows nothing about prompts or generation.
+It knows nothing about prompts or generation. Next to each model it keeps one
+lock, `generate_lock`, that a threaded generation schedule takes so two
+threads never run one model at once; the cache itself never takes it.
+Reading a model from disk (transformers, the disk cache, loading errors) is
+`pretrained`'s job.
 """
 
 from __future__ import annotations
 
 import logging
-import os
-import re
 import threading
 import time
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future
 from contextlib import contextmanager
@@ -26,37 +39,21 @@ from typing import Any
 
 import torch
 
-from . import diskcache, estimate, metrics
-from .catalog import ModelSource, ModelUnavailable
+from . import config as qconfig
+from . import diskcache, metrics, placement, pretrained, resources, weights
+from .catalog import ModelSource
 from .compute import COMPUTE
-from .presets import PresetError, QuantPreset, torch_dtype
+from .config import Config
+from .errors import MemoryBudgetError
+from .presets import PresetError, QuantPreset
+from .pretrained import check_causal_lm
 
+__all__ = ["DEVICE_MAPS", "LoadedModel", "MemoryBudgetError", "ModelCache", "check_causal_lm", "default_cache",
+           "resolve_device"]
 log = logging.getLogger(__name__)
 Progress = Callable[[float, str], None]
 DEVICE_MAPS = ("auto", "cpu", "cuda:0")
-
-
-class MemoryBudgetError(RuntimeError):
-    """A load that cannot fit the memory budget, even after evicting idle models."""
-
-
-def parse_budget(text: str | None, available: int) -> int:
-    """'4GiB', '4000MB', '512M' or a fraction such as '0.6' of `available` bytes."""
-    text = (text or "").strip()
-    if not text:
-        return int(0.6 * available)
-    match = re.fullmatch(r"(?i)(\d+(?:\.\d+)?)\s*(b|kb|mb|gb|tb|kib|mib|gib|tib|k|m|g|t)?", text)
-    if not match:
-        raise ValueError(f"QUANTPLAY_MEMORY_BUDGET={text!r}: use a size like '4GiB' or '4000MB', or a fraction like '0.6'.")
-    value, unit = float(match.group(1)), (match.group(2) or "").lower()
-    if not unit:
-        if value <= 1.0:
-            return int(value * available)
-        return int(value)
-    scale = {"b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12,
-             "k": 2**10, "m": 2**20, "g": 2**30, "t": 2**40,
-             "kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40}[unit]
-    return int(value * scale)
+TOKENIZERS_KEPT = 8
 
 
 def resolve_device(device_map: str) -> str:
@@ -65,11 +62,6 @@ def resolve_device(device_map: str) -> str:
     if device_map == "cuda:0" and not torch.cuda.is_available():
         raise PresetError("device_map='cuda:0' but no CUDA GPU is visible; use 'auto' or 'cpu'.")
     return "cuda:0" if device_map == "auto" and torch.cuda.is_available() else ("cpu" if device_map == "auto" else device_map)
-
-
-def trust_remote_code() -> bool:
-    """Server-side switch only; never taken from a request."""
-    return os.environ.get("QUANTPLAY_TRUST_REMOTE_CODE", "").strip().lower() in ("1", "true", "yes")
 
 
 @dataclass
@@ -86,223 +78,198 @@ class LoadedModel:
     warnings: list[str] = field(default_factory=list)
     loaded_from: str = "checkpoint"  # or "disk cache": prequantized weights, no quantizing
     users: int = 0
-    generate_lock: threading.Lock = field(default_factory=threading.Lock)  # for free-threaded streams
+    layer_errors: weights.WeightReport | None = None  # per-layer weight error, worked out before any forward pass
+    generate_lock: threading.Lock = field(default_factory=threading.Lock)  # taken by the 'threads' schedule
 
     @property
     def key(self) -> tuple:
-        return (self.source.key, self.preset, self.device_map)
+        return (self.source.key, self.preset, self.device)
 
     def describe(self) -> dict[str, Any]:
         return {"model": self.source.name, "preset": self.preset.name, "device": self.device,
                 "footprint_bytes": self.footprint_bytes, "in_use": self.users > 0, "loaded_from": self.loaded_from}
 
 
-def _load(source: ModelSource, preset: QuantPreset, device_map: str, device: str,
-          progress: Progress) -> tuple[Any, Any, list[str], str]:
-    """One real `from_pretrained` (from the disk cache of quantized weights when it has the
-    variant), with errors a person can act on."""
-    from transformers import AutoModelForCausalLM
-
-    problems = preset.device_problems(device)
-    if problems:
-        raise PresetError(" ".join(problems))
-    warnings = preset.device_notes(device)
-    kwargs: dict[str, Any] = {
-        "dtype": torch_dtype(preset.resolved_dtype(device)),
-        "device_map": device if device_map == "auto" else device_map,
-        "revision": source.revision,
-        "trust_remote_code": trust_remote_code(),
-    }
-    key = diskcache.entry_key(source, preset, device) if preset.quantized and diskcache.enabled() else None
-    cached = diskcache.lookup(key) if key else None
-    if cached is not None:
-        progress(0.1, f"loading prequantized {preset.name} of {source.name} from the disk cache…")
-        tokenizer = tokenizer_for(source)
-        model = AutoModelForCausalLM.from_pretrained(cached, dtype=kwargs["dtype"], device_map=kwargs["device_map"])
-        model.eval()
-        return model, tokenizer, warnings, "disk cache"
-    if preset.quantized:
-        kwargs["quantization_config"] = preset.to_bnb_config(device)
-    progress(0.1, f"loading {preset.name} of {source.name}…")
-    try:
-        check_causal_lm(source)
-        tokenizer = tokenizer_for(source)
-        model = AutoModelForCausalLM.from_pretrained(source.path, **kwargs)
-    except ValueError as exc:
-        raise _as_unavailable(source, exc) from None
-    except OSError as exc:
-        raise _could_not_load(source, exc) from None
-    except torch.OutOfMemoryError:
-        raise MemoryBudgetError(f"Out of memory while loading {preset.name} of {source.name!r}.") from None
-    model.eval()
-    if key:
-        progress(0.9, f"saving quantized {preset.name} to the disk cache…")
-        diskcache.store(key, model, f"{source.name}/{preset.name}")
-    return model, tokenizer, warnings, "checkpoint"
-
-
-def check_causal_lm(source: ModelSource) -> None:
-    """Refuse, before any weights are read, what AutoModelForCausalLM cannot load (or would need remote code for)."""
-    from transformers import AutoConfig
-    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
-
-    try:
-        config = AutoConfig.from_pretrained(source.path, revision=source.revision, trust_remote_code=trust_remote_code())
-    except ValueError as exc:
-        raise _as_unavailable(source, exc) from None
-    except OSError as exc:
-        raise _could_not_load(source, exc) from None
-    if config.model_type not in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES and not getattr(config, "auto_map", None):
-        raise _not_causal(source)
-
-
-def _could_not_load(source: ModelSource, exc: OSError) -> ModelUnavailable:
-    return ModelUnavailable(f"Could not load {source.name!r}: {str(exc).splitlines()[0][:300]}")
-
-
-def _not_causal(source: ModelSource) -> ModelUnavailable:
-    return ModelUnavailable(f"{source.name!r} is not a causal language model (text generation); "
-                            "quantplay compares models that AutoModelForCausalLM can load.")
-
-
-def _as_unavailable(source: ModelSource, exc: ValueError) -> Exception:
-    text = str(exc)
-    if "trust_remote_code" in text:
-        return ModelUnavailable(f"{source.name!r} needs custom code from its repository, which this server does "
-                                "not run (QUANTPLAY_TRUST_REMOTE_CODE is off).")
-    if "Unrecognized configuration class" in text or "AutoModelForCausalLM" in text:
-        return _not_causal(source)
-    return exc
-
-
-_tokenizers: OrderedDict[tuple, Any] = OrderedDict()
-_tokenizers_lock = threading.Lock()
-
-
-def tokenizer_for(source: ModelSource):
-    """One tokenizer per model source, shared by all its variants (they tokenize alike)."""
-    from transformers import AutoTokenizer
-
-    with _tokenizers_lock:
-        if source.key in _tokenizers:
-            _tokenizers.move_to_end(source.key)
-            return _tokenizers[source.key]
-    tokenizer = AutoTokenizer.from_pretrained(source.path, revision=source.revision,
-                                              trust_remote_code=trust_remote_code())
-    with _tokenizers_lock:
-        _tokenizers[source.key] = tokenizer
-        while len(_tokenizers) > 8:
-            _tokenizers.popitem(last=False)
-    return tokenizer
-
-
 class ModelCache:
-    """Loads once per key, shares the result, evicts least recently used under a budget."""
+    """Loads once per key, shares the result, evicts least recently used under a budget.
 
-    def __init__(self, budget_bytes: int | None = None, load_fn=_load, wait_seconds: float = 300.0):
-        if budget_bytes is None:
-            available = metrics.device_memory(metrics.default_device())["device_available_bytes"]
-            budget_bytes = parse_budget(os.environ.get("QUANTPLAY_MEMORY_BUDGET"), available)
-        self.budget_bytes = budget_bytes
+    Budgets, one per memory pool (`placement.pool`: "cpu" for RAM, "cuda" for VRAM on a CUDA
+    machine), are read once, before any model: RAM is the config's memory budget against what
+    this process may use (`resources.process_memory_budget`: a container's limit, not the host's
+    RAM), VRAM the config's VRAM budget of the free VRAM. `budget` is the default device's, with
+    how it was reached. `budget_bytes` replaces the default device's budget, `budgets` any pool's
+    (tests give {"cpu": …, "cuda": …}). `load_fn(source, preset, device_map, device, progress)`
+    defaults to a real `from_pretrained` (tests pass a fake)."""
+
+    def __init__(self, budget_bytes: int | None = None, load_fn: Callable | None = None,
+                 wait_seconds: float = 300.0, config: Config | None = None, *,
+                 budgets: dict[str, int] | None = None):
+        self.config = config or qconfig.current()
+        default = placement.pool(metrics.default_device())
+        given = dict(budgets or {})
+        if budget_bytes is not None:
+            given[default] = budget_bytes
+        pools = {"cpu", default, *given}
+        self.budgets = {pool: resources.Budget.given(given[pool], "given to ModelCache") if pool in given
+                        else self._read_budget(pool) for pool in sorted(pools)}
+        self.budget = self.budgets[default]
         self.wait_seconds = wait_seconds
-        self._load_fn = load_fn
+        self._load_fn = load_fn or self._load_pretrained
         self._entries: OrderedDict[tuple, LoadedModel] = OrderedDict()  # least recently used first
         self._inflight: dict[tuple, Future] = {}
-        self._reserved = 0
+        self._reserved = dict.fromkeys(self.budgets, 0)  # per pool: the estimated peak of the load running now
+        self._freeing = dict.fromkeys(self.budgets, 0)  # per pool: evicted, not yet given back (counted until it is)
         self._cond = threading.Condition()
         self._load_serial = threading.Lock()  # one load at a time: peaks never stack up
         self._admission = threading.Lock()  # one request at a time acquires its set of leases
         self._estimates: dict[tuple, tuple[int, int]] = {}
+        self._estimate_notes: dict[tuple, str] = {}
+        self._tokenizers: OrderedDict[tuple, Any] = OrderedDict()
+        self._tokenizers_lock = threading.Lock()
         self.loads = 0  # how many real loads ran (for tests and the bench)
-        self.evictions: list[tuple] = []
+        self.evictions: deque[tuple] = deque(maxlen=100)  # the latest evicted keys, oldest first
+
+    def _read_budget(self, pool: str) -> resources.Budget:
+        if pool == "cuda":
+            return resources.process_memory_budget(self.config.vram_budget, placement.GPU)
+        return resources.process_memory_budget(self.config.memory_budget, "cpu")
+
+    @property
+    def budget_bytes(self) -> int:
+        """The default device's budget (VRAM on a CUDA machine, else RAM)."""
+        return self.budget.bytes
+
+    def _budget_for(self, device: str) -> resources.Budget:
+        pool = placement.pool(device)
+        if pool not in self.budgets:
+            raise MemoryBudgetError(f"No memory budget for {device}: no CUDA GPU was visible when the cache started.")
+        return self.budgets[pool]
+
+    # -- loading -----------------------------------------------------------
+    def _load_pretrained(self, source: ModelSource, preset: QuantPreset, device_map: str, device: str,
+                         progress: Progress) -> tuple[Any, Any, list[str], str]:
+        return pretrained.load_variant(source, preset, device_map, device, progress, self.tokenizer_for, self.config)
+
+    def tokenizer_for(self, source: ModelSource):
+        """One tokenizer per model source, shared by all its variants (they tokenize alike)."""
+        with self._tokenizers_lock:
+            if source.key in self._tokenizers:
+                self._tokenizers.move_to_end(source.key)
+                return self._tokenizers[source.key]
+        tokenizer = pretrained.read_tokenizer(source, self.config)
+        with self._tokenizers_lock:
+            self._tokenizers[source.key] = tokenizer
+            while len(self._tokenizers) > TOKENIZERS_KEPT:
+                self._tokenizers.popitem(last=False)
+        return tokenizer
 
     # -- budget ----------------------------------------------------------
     def footprint_estimate(self, source: ModelSource, preset: QuantPreset, device: str) -> tuple[int, int]:
         """(final bytes, peak bytes while loading): a load from the disk cache has no float checkpoint
         passing through memory, so its peak is its final size."""
         final, peak = self.estimate(source, preset, device)
-        if preset.quantized and diskcache.enabled():
+        if preset.quantized and diskcache.enabled(self.config):
             disk_key = diskcache.entry_key(source, preset, device)
-            if disk_key and diskcache.has(disk_key):
+            if disk_key and diskcache.has(disk_key, self.config):
                 return final, final
         return final, peak
 
     def estimate(self, source: ModelSource, preset: QuantPreset, device: str) -> tuple[int, int]:
-        """(final bytes, peak bytes while quantizing on load) from the config alone."""
+        """(final bytes, peak bytes while quantizing on load) from the config alone; from the weight
+        files when the config cannot be read (then `estimate_note` says so). Raises a QuantplayError
+        when neither is at hand: the budget check is never skipped."""
         key = (source.key, preset, device)
         if key not in self._estimates:
-            from transformers import AutoConfig
-
-            try:
-                config = AutoConfig.from_pretrained(source.path, revision=source.revision,
-                                                    trust_remote_code=trust_remote_code())
-                counts = estimate.count_weights(config, preset.llm_int8_skip_modules)
-                self._estimates[key] = (estimate.estimate_bytes(counts, preset, device),
-                                        estimate.load_peak_bytes(counts, preset, config, device))
-            except Exception as exc:  # the real load will report a better error
-                log.debug("no estimate for %s: %s", source.name, exc)
-                self._estimates[key] = (0, 0)
+            final, peak, note = pretrained.estimate_variant(source, preset, device, self.config)
+            self._estimates[key] = (final, peak)
+            if note:
+                self._estimate_notes[key] = note
         return self._estimates[key]
 
-    def resident_bytes(self) -> int:
-        with self._cond:
-            return sum(e.footprint_bytes for e in self._entries.values()) + self._reserved
+    def estimate_note(self, source: ModelSource, preset: QuantPreset, device: str) -> str | None:
+        """Why an estimate came from the weight files, for the caller to show; None when it did not."""
+        return self._estimate_notes.get((source.key, preset, device))
 
-    def _make_room(self, need: int, what: str) -> None:
-        """Evict idle entries, least recently used first, until `need` fits. Holds _cond."""
+    def _used_locked(self, pool: str) -> int:
+        return (sum(e.footprint_bytes for e in self._entries.values() if placement.pool(e.device) == pool)
+                + self._reserved[pool] + self._freeing[pool])
+
+    def resident_bytes(self, pool: str | None = None) -> int:
+        """Bytes counted against `pool`'s budget (default: the default device's pool)."""
+        with self._cond:
+            return self._used_locked(pool or placement.pool(metrics.default_device()))
+
+    def _reserve(self, need: int, what: str, device: str) -> None:
+        """Make room for `need` bytes in `device`'s pool (evicting idle entries there), then count them as
+        reserved. Waits for running generations to release their leases, up to `wait_seconds`."""
+        budget = self._budget_for(device)
+        pool = placement.pool(device)
         deadline = time.monotonic() + self.wait_seconds
         while True:
-            used = sum(e.footprint_bytes for e in self._entries.values()) + self._reserved
-            while used + need > self.budget_bytes:
-                idle = next((k for k, e in self._entries.items() if e.users == 0), None)
-                if idle is None:
-                    break
-                used -= self._evict_locked(idle)
-            if used + need <= self.budget_bytes:
-                return
-            busy = sum(e.footprint_bytes for e in self._entries.values() if e.users > 0)
-            if need > self.budget_bytes or time.monotonic() > deadline or busy == 0:
-                raise MemoryBudgetError(
-                    f"{what} needs about {need / 2**20:.0f} MiB while loading; the memory budget is "
-                    f"{self.budget_bytes / 2**20:.0f} MiB and {used / 2**20:.0f} MiB of it is in use. "
-                    "Pick fewer or smaller variants, or raise QUANTPLAY_MEMORY_BUDGET."
-                )
-            self._cond.wait(timeout=1.0)  # a running generation will release its lease
+            with self._cond:
+                evicted = self._evict_idle_locked(pool, need)
+                if not evicted:
+                    used = self._used_locked(pool)
+                    if used + need <= budget.bytes:
+                        self._reserved[pool] += need
+                        return
+                    busy = sum(e.footprint_bytes for e in self._entries.values()
+                               if e.users > 0 and placement.pool(e.device) == pool)
+                    if need > budget.bytes or time.monotonic() > deadline or busy + self._freeing[pool] == 0:
+                        raise MemoryBudgetError(
+                            f"{what} needs about {need / 2**20:.0f} MiB while loading; the {_kind(pool)} budget is "
+                            f"{budget.summary()} and {used / 2**20:.0f} MiB of it is in use. "
+                            f"Pick fewer or smaller variants, or {self._more_memory(pool)}.")
+                    self._cond.wait(timeout=1.0)  # a running generation will release its lease
+            self._free(evicted)
 
     def check_fits(self, items: list[tuple[ModelSource, QuantPreset, str]]) -> None:
-        """Refuse up front a set of variants that cannot be resident together."""
-        finals, peaks = [], []
+        """Refuse up front a set of variants that cannot be resident together (each pool on its own)."""
+        by_pool: dict[str, tuple[str, list[int], list[int]]] = {}  # pool -> (a device in it, finals, peaks)
         for source, preset, device in items:
             final, peak = self.footprint_estimate(source, preset, device)
+            _, finals, peaks = by_pool.setdefault(placement.pool(device), (device, [], []))
             finals.append(final)
             peaks.append(peak - final)
-        need = sum(finals) + max(peaks, default=0)
-        if need > self.budget_bytes:
-            raise MemoryBudgetError(
-                f"These {len(items)} variants need about {need / 2**20:.0f} MiB together (estimated from the "
-                f"config, including the peak while quantizing); the memory budget is "
-                f"{self.budget_bytes / 2**20:.0f} MiB. Pick fewer variants, or raise QUANTPLAY_MEMORY_BUDGET."
-            )
+        for pool, (device, finals, peaks) in by_pool.items():
+            budget = self._budget_for(device)
+            need = sum(finals) + max(peaks, default=0)
+            if need > budget.bytes:
+                raise MemoryBudgetError(
+                    f"These {len(finals)} variants need about {need / 2**20:.0f} MiB together (estimated from the "
+                    f"config, including the peak while quantizing); the {_kind(pool)} budget is {budget.summary()}. "
+                    f"Pick fewer variants, or {self._more_memory(pool)}.")
+
+    def _more_memory(self, pool: str) -> str:
+        """What would raise the budget: under a container limit the setting alone cannot."""
+        if pool == "cuda":
+            return "raise QUANTPLAY_VRAM_BUDGET"
+        if self.budgets[pool].limit_bytes is not None:
+            return "run with a larger memory limit (QUANTPLAY_MEMORY_BUDGET is capped to what the limit leaves)"
+        return "raise QUANTPLAY_MEMORY_BUDGET"
 
     # -- get / lease -----------------------------------------------------
     def get(self, source: ModelSource, preset: QuantPreset, device_map: str = "auto",
             progress: Progress | None = None) -> tuple[LoadedModel, bool]:
-        """The loaded variant and whether it was a cache hit. Blocks while another thread loads it."""
-        entry, hit = self._acquire(source, preset, device_map, progress, lease=False)
-        return entry, hit
+        """Load (or find) the variant and return it with whether it was a cache hit, holding no lease:
+        for warming the cache (preload) and for checks. The entry may be evicted as soon as this
+        returns (its `model` is then None), so whoever runs the model uses `lease` instead."""
+        with self.lease(source, preset, device_map, progress) as (entry, hit):
+            return entry, hit
 
     @contextmanager
     def lease(self, source: ModelSource, preset: QuantPreset, device_map: str = "auto",
               progress: Progress | None = None) -> Iterator[tuple[LoadedModel, bool]]:
-        """Like `get`, and the model is not evicted until the block ends."""
-        entry, hit = self._acquire(source, preset, device_map, progress, lease=True)
+        """The loaded variant and whether it was a cache hit; it is not evicted until the block ends.
+        Blocks while another thread loads it."""
+        entry, hit = self._acquire(source, preset, device_map, progress)
         try:
             yield entry, hit
         finally:
             self.release(entry)
 
     def admission(self) -> threading.Lock:
-        """Hold while leasing all the variants of one request (see compare._lease_all)."""
+        """Hold while leasing all the variants of one request (see comparison.lease_all)."""
         return self._admission
 
     def release(self, entry: LoadedModel) -> None:
@@ -310,15 +277,16 @@ class ModelCache:
             entry.users -= 1
             self._cond.notify_all()
 
-    def _acquire(self, source, preset, device_map, progress, lease):
+    def _acquire(self, source, preset, device_map, progress) -> tuple[LoadedModel, bool]:
+        """The entry with one more user (a lease), loading it once if no one has."""
         device = resolve_device(device_map)
-        key = (source.key, preset, device_map)
+        key = (source.key, preset, device)  # not device_map: "auto" and the device it resolves to are one load
         progress = progress or (lambda fraction, message: None)
         with self._cond:
             entry = self._entries.get(key)
             if entry is not None:
                 self._entries.move_to_end(key)
-                entry.users += lease
+                entry.users += 1
                 return entry, True
             future = self._inflight.get(key)
             owner = future is None
@@ -328,10 +296,10 @@ class ModelCache:
             progress(0.0, f"waiting for another request loading {preset.name}…")
             entry = future.result()
             with self._cond:
-                entry.users += lease
+                entry.users += 1
             return entry, True
         try:
-            entry = self._load_entry(key, source, preset, device_map, device, progress, lease)
+            entry = self._load_entry(key, source, preset, device_map, device, progress)
         except BaseException as exc:
             with self._cond:
                 del self._inflight[key]
@@ -340,71 +308,97 @@ class ModelCache:
         future.set_result(entry)
         return entry, False
 
-    def _load_entry(self, key, source, preset, device_map, device, progress, lease: bool) -> LoadedModel:
-        """Reserve the estimated peak, load, then swap the reservation for the entry in one step,
-        so that no moment exists where a loaded model is counted nowhere."""
+    def _load_entry(self, key, source, preset, device_map, device, progress) -> LoadedModel:
+        """Reserve the estimated peak, load, then swap the reservation for the (leased) entry in one
+        step, so that no moment exists where a loaded model is counted nowhere."""
         final, peak = self.footprint_estimate(source, preset, device)
         with self._load_serial:
-            with self._cond:
-                self._make_room(peak, f"{preset.name} of {source.name}")
-                self._reserved += peak
+            self._reserve(peak, f"{preset.name} of {source.name}", device)
             start = time.perf_counter()
             try:
                 # on the compute thread, like every torch operation (see compute.py)
                 model, tokenizer, warnings, loaded_from = COMPUTE.call(self._load_fn, source, preset, device_map,
                                                                        device, progress)
                 seconds = time.perf_counter() - start
+                # now, before the first forward pass repacks 4-bit weights (see weights.py)
+                report = COMPUTE.call(weights.for_load, source, preset, device, model, loaded_from, self.config)
                 metrics.release_memory()  # the float checkpoint that passed through is garbage now
+                note = self.estimate_note(source, preset, device)
                 entry = LoadedModel(source, preset, device_map, device, model, tokenizer,
                                     metrics.footprint_bytes(model), metrics.footprint_hf_bytes(model), seconds,
-                                    warnings, loaded_from, users=int(lease))
+                                    list(warnings) + ([note] if note else []), loaded_from, users=1, layer_errors=report)
             except BaseException:
                 with self._cond:
-                    self._reserved -= peak
+                    self._reserved[placement.pool(device)] -= peak
                 metrics.release_memory()
                 raise
             with self._cond:
-                self._reserved -= peak
+                self._reserved[placement.pool(device)] -= peak
                 self._entries[key] = entry
                 del self._inflight[key]
                 self.loads += 1
-                self._trim_locked()  # a real footprint a little above its estimate
+                evicted = self._evict_idle_locked(placement.pool(device))  # a footprint a little above its estimate
                 self._cond.notify_all()
+            self._free(evicted)
         progress(1.0, f"loaded {preset.name} in {seconds:.1f} s")
         log.info("loaded %s/%s on %s in %.1f s", source.name, preset.name, device, seconds)
         return entry
 
     # -- eviction ----------------------------------------------------------
-    def _trim_locked(self) -> None:
-        """Evict idle entries, least recently used first, while the cache is over its budget."""
-        while sum(e.footprint_bytes for e in self._entries.values()) + self._reserved > self.budget_bytes:
-            idle = next((k for k, e in self._entries.items() if e.users == 0), None)
+    def _evict_idle_locked(self, pool: str, need: int = 0) -> list[LoadedModel]:
+        """The one eviction routine: take idle entries of `pool` out, least recently used first, until
+        `need` more bytes fit its budget. Holds _cond; their bytes stay counted (`_freeing`) until the
+        caller, outside the lock, gives the memory back with `_free`."""
+        evicted: list[LoadedModel] = []
+        leaving = 0
+        while self._used_locked(pool) - leaving + need > self.budgets[pool].bytes:
+            idle = next((k for k, e in self._entries.items() if e.users == 0 and placement.pool(e.device) == pool),
+                        None)
             if idle is None:
-                return
-            self._evict_locked(idle)
+                break
+            evicted.append(self._take_locked(idle))
+            leaving += evicted[-1].footprint_bytes
+        return evicted
 
-    def _evict_locked(self, key) -> int:
+    def _take_locked(self, key) -> LoadedModel:
         entry = self._entries.pop(key)
-        freed = entry.footprint_bytes
+        self._freeing[placement.pool(entry.device)] += entry.footprint_bytes
         self.evictions.append(key)
-        log.info("evicting %s/%s (%.0f MiB)", entry.source.name, entry.preset.name, freed / 2**20)
-        entry.model = entry.tokenizer = None
-        del entry
+        log.info("evicting %s/%s (%.0f MiB)", entry.source.name, entry.preset.name, entry.footprint_bytes / 2**20)
+        return entry
+
+    def _free(self, evicted: list[LoadedModel]) -> None:
+        """Give evicted entries' memory back: drop the weights, then the slow part (gc, CUDA cache,
+        malloc_trim) without holding the cache's lock, so cache hits and releases go on meanwhile."""
+        if not evicted:
+            return
+        freed = dict.fromkeys(self._freeing, 0)
+        for entry in evicted:
+            freed[placement.pool(entry.device)] += entry.footprint_bytes
+            entry.model = entry.tokenizer = None
+        evicted.clear()
         metrics.release_memory()
-        return freed
+        with self._cond:
+            for pool, n in freed.items():
+                self._freeing[pool] -= n
+            self._cond.notify_all()
 
     def unload(self, model_name: str | None = None, preset_name: str | None = None) -> int:
         """Evict idle entries matching the filters (all idle ones by default); returns how many."""
         with self._cond:
             keys = [k for k, e in self._entries.items() if e.users == 0
                     and model_name in (None, e.source.name) and preset_name in (None, e.preset.name)]
-            for key in keys:
-                self._evict_locked(key)
-            return len(keys)
+            evicted = [self._take_locked(key) for key in keys]
+        self._free(evicted)
+        return len(keys)
 
     def entries(self) -> list[dict[str, Any]]:
         with self._cond:
             return [e.describe() for e in self._entries.values()]
+
+
+def _kind(pool: str) -> str:
+    return "VRAM" if pool == "cuda" else "memory"
 
 
 _default: ModelCache | None = None
@@ -412,6 +406,7 @@ _default_lock = threading.Lock()
 
 
 def default_cache() -> ModelCache:
+    """The process's cache, on the process's config (built on first use)."""
     global _default
     with _default_lock:
         if _default is None:

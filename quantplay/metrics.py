@@ -1,7 +1,9 @@
-"""Pure measurements: model footprint, KV cache size, process memory, environment.
+"""Measurements: model footprint, KV cache size, process and device memory, environment.
 
-Nothing here loads a model or knows about the UI; every function takes what
-it measures and returns numbers.
+Nothing here loads a model or knows about the UI. Every function reads and
+returns numbers except one, `release_memory`, which acts: it collects garbage,
+empties the CUDA cache and trims the C heap (`malloc_trim`), so that what an
+evicted model or a finished load held goes back to the system.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from typing import Any
 
 import torch
 
-from . import allocator
+from . import allocator, resources
 
 _INTERESTING_FLAGS = ("avx", "avx2", "fma", "f16c", "avx512f", "avx512bw", "avx512_vnni", "avx512_bf16",
                       "avx512_fp16", "amx_bf16", "amx_int8", "amx_tile", "neon", "asimd", "sve")
@@ -112,14 +114,49 @@ def device_memory(device: str) -> dict[str, int | None]:
 
 
 def memory_snapshot(device: str) -> dict[str, int | None]:
+    """The process's RSS (and its peak), VRAM allocated on CUDA, and the device's total and free memory.
+    (The device-wide VRAM peak is not here: `VramTurns` resets it every turn; peaks are per variant.)"""
     cuda = device.startswith("cuda") and torch.cuda.is_available()
     return {
         "process_rss_bytes": process_rss_bytes(),
         "process_rss_peak_bytes": process_rss_peak_bytes(),
         "cuda_allocated_bytes": int(torch.cuda.memory_allocated()) if cuda else None,
-        "cuda_peak_allocated_bytes": int(torch.cuda.max_memory_allocated()) if cuda else None,
         **device_memory(device),
     }
+
+
+class VramTurns:
+    """The most VRAM one generation holds at once beyond what was allocated when it started: its KV
+    cache, activations and logits (`own_peak_bytes`; its weights are its footprint).
+
+    Why turns: torch's peak counter is per device, and N variants generate on one
+    device. On the "interleave" schedule their turns never overlap (one thread, one
+    greenlet at a time; loads and scoring run between turns), so the counter is
+    reset at the start of each of this generation's turns and read at its end:
+    the turn's own peak is the counter's peak less what was allocated at the turn's
+    start, and what the turn kept (allocated at its end less at its start: the KV
+    cache growing) is this generation's alone. Its peak is the largest of
+    (what its earlier turns kept + this turn's own peak). Exact there, it is not
+    measured on the "threads" schedule, where turns overlap (None: not attributable).
+    """
+
+    def __init__(self, device: torch.device) -> None:
+        self.device = device
+        self.kept = 0  # bytes this generation's finished turns left allocated
+        self.own_peak_bytes = 0
+        self._start: int | None = None
+
+    def begin(self) -> None:
+        torch.cuda.reset_peak_memory_stats(self.device)
+        self._start = torch.cuda.memory_allocated(self.device)
+
+    def end(self) -> None:
+        if self._start is None:
+            return
+        peak, now = torch.cuda.max_memory_allocated(self.device), torch.cuda.memory_allocated(self.device)
+        self.own_peak_bytes = max(self.own_peak_bytes, self.kept + peak - self._start)
+        self.kept += now - self._start
+        self._start = None
 
 
 def release_memory() -> None:
@@ -162,7 +199,10 @@ def _version(name: str) -> str | None:
 
 
 def environment(device: str | None = None) -> dict[str, Any]:
-    return {"device": device or default_device(), **_static_environment(), "threads": torch.get_num_threads()}
+    """Versions, CPU, allocator, and the limits in force with their sources (`resources.describe`):
+    `cpu_count` is the CPUs this process may use (quota, affinity), `host_cpu_count` the machine's."""
+    return {"device": device or default_device(), **_static_environment(), **resources.describe(),
+            "threads": torch.get_num_threads()}
 
 
 @functools.lru_cache(maxsize=1)
@@ -171,7 +211,7 @@ def _static_environment() -> dict[str, Any]:
         "torch": torch.__version__,
         "transformers": _version("transformers"),
         "bitsandbytes": _version("bitsandbytes"),
-        "cpu_count": os.cpu_count(),
+        "host_cpu_count": os.cpu_count(),
         "cpu_flags": list(cpu_flags()),
         "platform": platform.platform(),
         "python": platform.python_version(),

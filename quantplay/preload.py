@@ -1,18 +1,20 @@
 """Warm start for classrooms: QUANTPLAY_PRELOAD loads variants of the default model at startup.
 
-A background thread asks the shared cache for each listed preset, so the first
-Compare in front of a class finds them loaded. Its progress is a plain dict the
-page polls; it knows nothing about the page.
+`start(config)` reads the list from the config's `preload` (parsed once, at
+start-up); a background thread asks the shared cache for each listed preset, so
+the first Compare in front of a class finds them loaded. Its progress is a plain
+dict the page polls; it knows nothing about the page.
 """
 
 from __future__ import annotations
 
 import logging
-import os
 import threading
 import time
 
 from . import catalog
+from . import config as qconfig
+from .config import Config
 from .loader import ModelCache, default_cache
 from .presets import PresetError, get_preset
 
@@ -20,10 +22,12 @@ log = logging.getLogger(__name__)
 
 
 class Preloader:
-    def __init__(self, names: list[str], model: str = catalog.BUNDLED_NAME, cache: ModelCache | None = None) -> None:
+    def __init__(self, names: list[str], model: str = catalog.BUNDLED_NAME, cache: ModelCache | None = None,
+                 config: Config | None = None) -> None:
         self.presets = [get_preset(name) for name in names]  # unknown names fail at startup, loudly
         self.model = model
         self.cache = cache
+        self.config = config
         self.status: dict[str, str] = {p.name: "waiting" for p in self.presets}
         self.thread = threading.Thread(target=self._run, name="quantplay-preload", daemon=True)
 
@@ -38,7 +42,8 @@ class Preloader:
     def _run(self) -> None:
         cache = self.cache or default_cache()
         try:
-            source = catalog.resolve(self.model, progress=lambda f, m: self.status.update({"model": m}))
+            source = catalog.resolve(self.model, progress=lambda f, m: self.status.update({"model": m}),
+                                     config=self.config)
         except Exception as exc:
             self.status = {p.name: f"error: {exc}" for p in self.presets}
             return
@@ -60,14 +65,14 @@ class Preloader:
 _started: Preloader | None = None
 
 
-def start_from_env() -> Preloader | None:
-    """Start preloading what QUANTPLAY_PRELOAD lists (e.g. "fp32,int8,nf4"); once per process."""
+def start(config: Config | None = None) -> Preloader | None:
+    """Start preloading what the config's `preload` lists (QUANTPLAY_PRELOAD, e.g. "fp32,int8,nf4"); once per process."""
     global _started
-    spec = os.environ.get("QUANTPLAY_PRELOAD", "").strip()
-    if not spec or _started is not None:
+    names = (config or qconfig.current()).preload
+    if not names or _started is not None:
         return _started
     try:
-        _started = Preloader([n.strip() for n in spec.split(",") if n.strip()]).start()
+        _started = Preloader(list(names), config=config).start()
     except PresetError as exc:
-        raise SystemExit(f"QUANTPLAY_PRELOAD={spec!r}: {exc}") from None
+        raise SystemExit(f"QUANTPLAY_PRELOAD={','.join(names)!r}: {exc}") from None
     return _started

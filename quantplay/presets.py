@@ -3,16 +3,17 @@
 A `QuantPreset` maps one-to-one onto the `from_pretrained` arguments that
 matter for a load: `dtype` and the fields of `BitsAndBytesConfig`. It knows
 nothing about models or devices until asked (`to_bnb_config(device)`,
-`device_problems(device)`), so it can be validated, hashed, cached on and
-turned into a code snippet anywhere.
+`device_problems(device)`), so it can be validated, hashed and cached on
+anywhere; `snippets` turns one into runnable code.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import textwrap
 from dataclasses import dataclass, field
 from typing import Any
+
+from .errors import QuantplayError
 
 FLOAT_DTYPES = ("float32", "float16", "bfloat16")
 QUANT_TYPES = ("fp4", "nf4")
@@ -52,7 +53,7 @@ IGNORED_KNOBS = {
 ALIASES = {"torch_dtype": "dtype"}
 
 
-class PresetError(ValueError):
+class PresetError(QuantplayError):
     """Settings that cannot describe a load; the message says how to fix them."""
 
 
@@ -195,59 +196,6 @@ class QuantPreset:
         return notes
 
     # -- reproduce it -----------------------------------------------------
-    def to_code(
-        self,
-        model_id: str,
-        *,
-        device: str = "cpu",
-        device_map: str = "auto",
-        prompt: str = "What is the capital of France?",
-        max_new_tokens: int = 50,
-        chat_template: bool = True,
-        source_comment: str = "",
-    ) -> str:
-        """A runnable snippet, in the seed tutorial's style, that repeats exactly this load."""
-        lines = [f"# quantplay variant {self.name!r}: {self.description or self.summary()}"]
-        if source_comment:
-            lines += ["# " + line for line in textwrap.wrap(source_comment, 86)]
-        needs_bnb = self.quantized
-        lines += [
-            "import torch",
-            "from transformers import AutoModelForCausalLM, AutoTokenizer"
-            + (", BitsAndBytesConfig" if needs_bnb else ""),
-            "",
-            f"model_name = {model_id!r}",
-            "tokenizer = AutoTokenizer.from_pretrained(model_name)",
-        ]
-        load_args = ["    model_name,"]
-        if needs_bnb:
-            lines.append("quantization_config = BitsAndBytesConfig(")
-            for key, value in self.bnb_kwargs(device).items():
-                shown = f"torch.{value}" if key in ("bnb_4bit_compute_dtype", "bnb_4bit_quant_storage") else repr(value)
-                lines.append(f"    {key}={shown},")
-            lines.append(")")
-            load_args.append("    quantization_config=quantization_config,")
-        load_args.append(f"    dtype=torch.{self.resolved_dtype(device)},")
-        load_args.append(f"    device_map={device_map!r},")
-        lines += ["model = AutoModelForCausalLM.from_pretrained(", *load_args, ")", ""]
-        if chat_template:
-            lines += [
-                f"messages = [{{'role': 'user', 'content': {prompt!r}}}]",
-                "inputs = tokenizer.apply_chat_template(",
-                "    messages, add_generation_prompt=True, return_tensors='pt', return_dict=True",
-                ").to(model.device)",
-            ]
-        else:
-            lines.append(f"inputs = tokenizer({prompt!r}, return_tensors='pt').to(model.device)")
-        lines += [
-            "with torch.no_grad():",
-            f"    outputs = model.generate(**inputs, max_new_tokens={max_new_tokens}, do_sample=False)",
-            "new_tokens = outputs[0, inputs['input_ids'].shape[1]:]",
-            "print(tokenizer.decode(new_tokens, skip_special_tokens=True))",
-            "print(f'footprint: {model.get_memory_footprint() / 2**20:.1f} MiB')",
-        ]
-        return "\n".join(lines) + "\n"
-
     def summary(self) -> str:
         if self.load_in_8bit:
             return f"LLM.int8 weights (threshold {self.llm_int8_threshold:g})"

@@ -29,22 +29,35 @@ def speed_ratio(variant: dict, reference: dict) -> float | None:
     return ref / mine
 
 
-def stats_markdown(variant: dict, reference: dict, device: str = "cpu") -> str:
-    """The figures under one column."""
-    lines = []
+def summary_line(variant: dict, reference: dict) -> str:
+    """The compact row right under an answer: footprint, × smaller, tokens/s, and (when scored) KL and top-1."""
+    parts = []
     size = variant.get("footprint_bytes")
     if size:
-        line = f"**{mib(size)}** weights"
+        parts.append(f"**{mib(size)}**")
         if variant is not reference and reference.get("footprint_bytes"):
-            line += f" · **{reference['footprint_bytes'] / size:.2f}× smaller** than fp32"
-        lines.append(line)
+            parts.append(f"**{reference['footprint_bytes'] / size:.2f}× smaller**")
+    if variant.get("tokens_per_second"):
+        parts.append(f"{variant['tokens_per_second']:.1f} tokens/s")
+    if variant is not reference and variant.get("kl_divergence_mean") is not None:
+        parts.append(f"KL {variant['kl_divergence_mean']:.3f}")
+    if variant is not reference and variant.get("top1_agreement") is not None:
+        parts.append(f"top-1 {variant['top1_agreement']:.0%}")
+    return " · ".join(parts)
+
+
+def stats_markdown(variant: dict, reference: dict, device: str = "cpu") -> str:
+    """The figures under one column: the summary row first, then the details."""
+    lines = []
     load = "cached" if variant.get("cache_hit") else (
         f"{variant['load_seconds']:.2f} s" if variant.get("load_seconds") is not None else "–")
     kv = mib(variant.get("kv_cache_bytes")) if variant.get("kv_cache_bytes") is not None else "–"
     lines.append(f"KV cache {kv} · load {load}")
-    ttft, tps = variant.get("ttft_seconds"), variant.get("tokens_per_second")
+    ttft = variant.get("ttft_seconds")
     if ttft is not None:
-        lines.append(f"first token {ttft:.3f} s · " + (f"{tps:.1f} tokens/s" if tps else "– tokens/s"))
+        lines[-1] += f" · first token {ttft:.3f} s"
+    if variant.get("placement"):  # a CUDA machine: where it runs, its VRAM peak, the device's memory
+        lines.append(esc(variant["placement"]) + where_figures(variant))
     ratio = speed_ratio(variant, reference) if variant is not reference else None
     if ratio and ratio > 1.1 and variant.get("status") in ("done", "stopped"):
         hardware = "this GPU" if device.startswith("cuda") else "this CPU"
@@ -54,22 +67,73 @@ def stats_markdown(variant: dict, reference: dict, device: str = "cpu") -> str:
         lines.append(f"**Error:** {esc(variant['error'])}")
     for note in variant.get("warnings", []):
         lines.append(f"_note: {esc(note)}_")
-    return "  \n".join(lines)
+    summary = summary_line(variant, reference)  # its own paragraph: CSS sets it larger (`.qp-stats p:first-child`)
+    return "\n\n".join(part for part in (summary, "  \n".join(lines)) if part)
+
+
+def where_figures(variant: dict) -> str:
+    """' · VRAM peak 1.06 GiB · VRAM 60.00 GiB free of 80.00 GiB' for a variant on a CUDA machine ('' on CPU)."""
+    text = ""
+    if variant.get("cuda_peak_allocated_bytes") is not None:
+        text += f" · VRAM peak {gib(variant['cuda_peak_allocated_bytes'])}"
+    if variant.get("device_total_bytes") is not None:
+        memory = "VRAM" if (variant.get("device") or "").startswith("cuda") else "RAM"
+        text += (f" · {memory} {gib(variant['device_free_bytes'])} free of "
+                 f"{gib(variant['device_total_bytes'])}")
+    return text
+
+
+def column_state(variant: dict) -> str:
+    """One column's own state: waiting, loading (its own progress), cached/loaded, generating, done, stopped."""
+    status, message = variant["status"], variant.get("message") or ""
+    if status == "loading" or not message or message.startswith(status):
+        return message or status
+    return f"{status} · {message}"
+
+
+def settings_label(settings: dict) -> str:
+    """A column's subtitle: a named preset's description; a custom variant's own settings ("int8, threshold 1.0")."""
+    if settings.get("description") and settings["description"] != "custom bitsandbytes settings":
+        return settings["description"]
+    if settings.get("load_in_8bit"):
+        label = f"int8, threshold {settings.get('llm_int8_threshold', 6.0):.1f}"
+    elif settings.get("load_in_4bit"):
+        label = str(settings.get("bnb_4bit_quant_type", "fp4")) + (
+            " + double quant" if settings.get("bnb_4bit_use_double_quant") else "")
+        for key, shown in (("bnb_4bit_compute_dtype", "compute"), ("bnb_4bit_quant_storage", "storage")):
+            if settings.get(key) and not (key == "bnb_4bit_quant_storage" and settings[key] == "uint8"):
+                label += f", {shown} {settings[key]}"
+    else:
+        return settings.get("description") or ""
+    if settings.get("llm_int8_skip_modules"):
+        label += ", skips " + "/".join(settings["llm_int8_skip_modules"])
+    return label + (f", {settings['dtype']} elsewhere" if settings.get("dtype") else "")
 
 
 def header_markdown(variant: dict, is_reference: bool) -> str:
     role = " · reference" if is_reference else ""
-    summary = variant.get("settings", {}).get("description") or ""
-    return f"### {esc(variant['name'])}{role} <small>({variant['status']})</small>\n<small>{esc(summary)}</small>"
+    summary = settings_label(variant.get("settings", {}))
+    return (f"### {esc(variant['name'])}{role} <small>({esc(column_state(variant))})</small>\n"
+            f"<small>{esc(summary)}</small>")
+
+
+def request_state(frame: dict) -> str:
+    """What the whole request is doing, in a word or two."""
+    statuses = [v["status"] for v in frame["variants"]]
+    if frame["done"]:
+        return "Stopped." if "stopped" in statuses else "Done."
+    if "loading" in statuses:
+        return "Stopping…" if frame.get("stopping") else "Loading the models…"
+    if "generating" in statuses:
+        return "Stopping…" if frame.get("stopping") else "Generating…"
+    if "stopped" in statuses:
+        return "Stopped; scoring the tokens generated so far…"
+    return "Scoring agreement with fp32…"
 
 
 def status_line(frame: dict) -> str:
-    parts = []
-    for v in frame["variants"]:
-        message = v.get("message") or v["status"]
-        parts.append(f"**{esc(v['name'])}**: {esc(message)}")
-    head = "Done." if frame["done"] else "Working…"
-    lines = [f"{head} " + " · ".join(parts)]
+    parts = [f"**{esc(v['name'])}**: {esc(v.get('message') or v['status'])}" for v in frame["variants"]]
+    lines = [f"{request_state(frame)} " + " · ".join(parts)]
     for warning in frame.get("warnings", []):
         lines.append(f"**warning:** {esc(warning)}")
     return "  \n".join(lines)
@@ -85,13 +149,32 @@ def footprint_rows(frame: dict) -> list[dict[str, Any]]:
     return rows
 
 
-def memory_markdown(snapshot: dict, budget_bytes: int, resident_bytes: int) -> str:
+def _all_loaded(frame: dict) -> bool:
+    return all(v["status"] != "loading" for v in frame["variants"])
+
+
+def loaded_just_now(frame: dict, previous: dict | None) -> bool:
+    """True on the first frame where every variant has loaded (or failed) and one has a footprint:
+    the moment to draw the bar chart, once (re-drawing it on every token makes it flicker)."""
+    return bool(footprint_rows(frame)) and _all_loaded(frame) and not (previous is not None and _all_loaded(previous))
+
+
+def gib(value: int) -> str:
+    return f"{value / 2**30:.2f} GiB" if value >= 2**30 else mib(value)
+
+
+def memory_markdown(snapshot: dict, budget_bytes: int, resident_bytes: int, limits: dict | None = None) -> str:
+    """The live memory line, the loader's budget, and (`limits`: `resources.describe()`) the limit in force."""
     if snapshot.get("cuda_allocated_bytes") is not None:
-        live = f"VRAM allocated **{mib(snapshot['cuda_allocated_bytes'])}** (peak {mib(snapshot['cuda_peak_allocated_bytes'])})"
+        live = f"VRAM allocated **{mib(snapshot['cuda_allocated_bytes'])}** (each variant's peak is under its column)"
     else:
         live = f"process RAM **{mib(snapshot['process_rss_bytes'])}** (peak {mib(snapshot['process_rss_peak_bytes'])})"
-    return (f"{live} · available {mib(snapshot['device_available_bytes'])} of {mib(snapshot['device_total_bytes'])}"
+    text = (f"{live} · available {mib(snapshot['device_available_bytes'])} of {mib(snapshot['device_total_bytes'])}"
             f"  \nloader cache: {mib(resident_bytes)} of a {mib(budget_bytes)} budget")
+    if limits:
+        text += (f"  \nlimit: {gib(limits['memory_limit_bytes'])} ({esc(limits['memory_limit_source'])})"
+                 f" · {limits['cpu_count']} CPUs ({esc(limits['cpu_source'])})")
+    return text
 
 
 def cache_rows(entries: list[dict]) -> list[list[Any]]:
@@ -100,11 +183,22 @@ def cache_rows(entries: list[dict]) -> list[list[Any]]:
 
 
 # -- agreement with fp32 ----------------------------------------------------------
-# ColorBrewer YlOrBr: sequential and colour-blind safe; dark text stays readable on every step.
+# ColorBrewer YlOrBr: sequential and colour-blind safe. A shaded token carries its own dark text
+# (#111: 7.3:1 on the darkest step, #ec7014) in both themes; an unshaded one keeps the page's text colour,
+# so it reads on the light and the dark background alike (tests/test_browser.py measures both).
 KL_STEPS = [(0.01, "transparent", "< 0.01"), (0.1, "#fff7bc", "0.01–0.1"), (0.5, "#fec44f", "0.1–0.5"),
             (float("inf"), "#ec7014", "≥ 0.5")]
-METRIC_HEADERS = ["variant", "KL mean (nats)", "KL max", "top-1 agreement", "p(fp32 token)", "perplexity",
-                  "first divergence"]
+SHADED_TEXT = "#111"
+
+
+def tok_style(background: str) -> str:
+    """A token's inline style: its KL shade, and dark text wherever there is a shade under it."""
+    return "background:transparent" if background == "transparent" else f"background:{background};color:{SHADED_TEXT}"
+METRIC_HEADERS = ["variant", "KL mean (nats)", "KL max", "top-1 agreement", "p(fp32's next token)",
+                  "perplexity on fp32's text", "first divergence"]
+METRIC_NOTE = ("Every variant reads **fp32's answer**, token by token. _p(fp32's next token)_: the probability it "
+               "gives the token fp32 wrote next (mean).  \n_perplexity on fp32's text_: how surprised it is by fp32's "
+               "answer, not by its own, so a variant more confident on the same tokens can score lower than fp32.")
 
 
 def _fmt(value: Any, spec: str) -> str:
@@ -128,14 +222,24 @@ def readings_markdown(frame: dict) -> str:
 
 
 def legend_html() -> str:
-    swatches = "".join(f'<span class="qp-tok" style="background:{color}">KL {label}</span> '
+    swatches = "".join(f'<span class="qp-tok" style="{tok_style(color)}">KL {label}</span> '
                        for _, color, label in KL_STEPS)
     return (f'<div class="qp-legend">{swatches}<span class="qp-tok qp-miss">different top-1 token</span> '
-            "· hover a token for fp32's and the variant's top choices</div>")
+            "· click, tap or hover a token for fp32's and the variant's top choices</div>")
 
 
 def _alternatives(pairs: list) -> str:
     return ", ".join(f"{text!r} {p:.0%}" for text, p in pairs)
+
+
+def _tip(i: int, t: dict, name: str) -> str:
+    """A token's top choices, shown under it while it is hovered, clicked or tapped (CSS :focus, no script)."""
+    def q(text: Any) -> str:
+        return html.escape(str(text), quote=True)
+
+    return (f'<span class="qp-tip" role="tooltip"><strong>token {i}: {q(repr(t["text"]))}</strong> · '
+            f'KL {t["kl"]:.3f} · {q(name)} gives it {t["reference_prob"]:.0%}<br>'
+            f'fp32 top: {q(_alternatives(t["fp32_top"]))}<br>{q(name)} top: {q(_alternatives(t["variant_top"]))}</span>')
 
 
 def token_html(variant: dict) -> str:
@@ -145,10 +249,124 @@ def token_html(variant: dict) -> str:
     spans = []
     for i, t in enumerate(variant["token_scores"]):
         color = next(c for limit, c, _ in KL_STEPS if t["kl"] < limit)
-        title = (f"token {i}: {t['text']!r} · KL {t['kl']:.3f} · {variant['name']} gives it {t['reference_prob']:.0%}\n"
-                 f"fp32 top: {_alternatives(t['fp32_top'])}\n{variant['name']} top: {_alternatives(t['variant_top'])}")
         cls = "qp-tok" + ("" if t["agree"] else " qp-miss")
         text = esc(t["text"]).replace("\n", "↵<br>")
-        spans.append(f'<span class="{cls}" style="background:{color}" title="{html.escape(title, quote=True)}">{text}</span>')
+        spans.append(f'<span class="{cls}" style="{tok_style(color)}" tabindex="0">{text}{_tip(i, t, variant["name"])}</span>')
     return (f'<div class="qp-tokens"><b>{esc(variant["name"])}</b> vs fp32: '
             f'{_fmt(variant.get("top1_agreement"), ".0%")} same top-1<br>{"".join(spans)}</div>')
+
+
+# -- the command line's table ---------------------------------------------------------
+def _cell_mib(value) -> str:
+    return "-" if value is None else f"{value / 2**20:.1f}"
+
+
+def _cell(value, spec: str) -> str:
+    return "-" if value is None else format(value, spec)
+
+
+def text_table(result: dict) -> str:
+    """The CLI's readable table of a final comparison result, then the texts."""
+    cuda = any(v.get("placement") for v in result["variants"])  # a CUDA machine: where, and the VRAM peak
+    rows = [("variant", "status", "MiB", "x fp32", "KV MiB", "load s", "TTFT s", "tok/s", "tokens", "KL", "top-1", "ppl")
+            + (("device", "peak MiB") if cuda else ())]
+    ref = result["variants"][0].get("footprint_bytes")
+    for v in result["variants"]:
+        ratio = f"{ref / v['footprint_bytes']:.2f}x" if ref and v.get("footprint_bytes") else "-"
+        load = "cached" if v.get("cache_hit") else _cell(v.get("load_seconds"), ".2f")
+        rows.append((v["name"], v["status"], _cell_mib(v.get("footprint_bytes")), ratio,
+                     _cell_mib(v.get("kv_cache_bytes")), load, _cell(v.get("ttft_seconds"), ".3f"),
+                     _cell(v.get("tokens_per_second"), ".1f"), str(v.get("new_tokens", 0)),
+                     _cell(v.get("kl_divergence_mean"), ".4f"), _cell(v.get("top1_agreement"), ".0%"),
+                     _cell(v.get("perplexity"), ".2f"))
+                    + ((v.get("device") or "-", _cell_mib(v.get("cuda_peak_allocated_bytes"))) if cuda else ()))
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    lines.append("")
+    for w in result.get("warnings", []):
+        lines.append(f"warning: {w}")
+    lines += [v["reading"] for v in result["variants"] if v.get("reading")]
+    lines += [f"{v['placement']}{where_figures(v)}" for v in result["variants"] if v.get("placement")]
+    for v in result["variants"]:
+        lines.append(f"--- {v['name']}" + (f" (error: {v['error']})" if v.get("error") else ""))
+        for w in v.get("warnings", []):
+            lines.append(f"    note: {w}")
+        lines.append(v.get("text", ""))
+    return "\n".join(lines)
+
+
+# -- inside the weights (issue 15): per-layer error heatmaps, the worst layers, int8's outliers --------------
+HEAT = ["#fff7ec", "#fee8c8", "#fdd49e", "#fdbb84", "#fc8d59", "#ef6548"]  # light to dark; #111 text on each ≥ 5.8:1
+MODULE_ORDER = ["self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj", "mlp.gate_proj",
+                "mlp.up_proj", "mlp.down_proj"]
+BUNDLED_GRID_NOTE = ("The bundled model's \"fp32\" weights are the dequantization of a Q4_1 GGUF: they already lie on "
+                     "a 4-bit grid (32 weights to a block), so quantizing them again loses less here than it would "
+                     "from a true fp32 or bf16 checkpoint.")
+INT8_NOTE = ("int8's error is mostly in the activations, not the weights: its weights alone give about a sixth of "
+             "the KL of the real int8 model here. LLM.int8 keeps the input columns whose values reach the "
+             "threshold in 16-bit; the counts below are this prompt's (prefill and every generated token).")
+
+
+def _short(module: str) -> str:
+    return module.split(".")[-1].removesuffix("_proj")
+
+
+def heat_grid(rows: list[dict[str, Any]], value: str, fmt, label: str) -> str:
+    """A layers × modules table, each cell shaded by its value's share of the largest (dark text on every shade);
+    rows are dicts with `layer`, `module` and `value`."""
+    modules = sorted({r["module"] for r in rows}, key=lambda m: (MODULE_ORDER.index(m) if m in MODULE_ORDER else 99, m))
+    layers = sorted({r["layer"] for r in rows}, key=lambda x: (x is None, x if x is not None else 0))
+    cell = {(r["layer"], r["module"]): r[value] for r in rows}
+    top = max((float(v) for v in cell.values()), default=0.0) or 1.0
+    head = "".join(f"<th>{esc(_short(m))}</th>" for m in modules)
+    body = []
+    for layer in layers:
+        cells = []
+        for m in modules:
+            v = cell.get((layer, m))
+            if v is None:
+                cells.append("<td></td>")
+                continue
+            shade = HEAT[min(len(HEAT) - 1, int(float(v) / top * (len(HEAT) - 1) + 0.5))]
+            name = f"layer {layer} {m}" if layer is not None else m
+            cells.append(f'<td style="background:{shade};color:{SHADED_TEXT}" title="{esc(name)}: {esc(fmt(v))}">'
+                         f"{esc(fmt(v))}</td>")
+        body.append(f"<tr><th>{'–' if layer is None else layer}</th>{''.join(cells)}</tr>")
+    return (f'<table class="qp-heat" aria-label="{esc(label)}"><caption>{esc(label)}</caption>'
+            f"<thead><tr><th>layer</th>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>")
+
+
+def weights_html(frame: dict, bundled: bool = False) -> str:
+    """The final frame's `weights`: per quantized variant, its worst five layers in words and a heatmap of every
+    layer's relative weight error; for int8, the input columns LLM.int8 kept in 16-bit on this prompt."""
+    report = frame.get("weights") or {}
+    parts = []
+    if bundled:
+        parts.append(f'<p class="qp-note">{esc(BUNDLED_GRID_NOTE)}</p>')
+    if not report:
+        parts.append("<p><em>No quantized variant in this comparison: nothing was quantized.</em></p>")
+    for name, entry in report.items():
+        layers = entry.get("layers") or []
+        if layers:
+            mean = sum(r["relative_error"] for r in layers) / len(layers)
+            parts.append(f"<h4>{esc(name)}: mean relative weight error {mean:.2%} over {len(layers)} layers "
+                         f"(‖W − Ŵ‖ / ‖W‖, worked out as it loaded)</h4>")
+            parts.append("<p>Worst: " + "; ".join(esc(w) for w in entry.get("worst", [])) + ".</p>")
+            parts.append(heat_grid([dict(r, value=r["relative_error"]) for r in layers], "value",
+                                   lambda v: f"{v:.1%}", f"{name}: relative weight error per layer"))
+        for note in entry.get("notes", []):
+            parts.append(f'<p class="qp-note">{esc(note)}</p>')
+        outliers = entry.get("outliers") or []
+        if outliers:
+            kept = sum(r["outlier_columns"] for r in outliers)
+            most = max(outliers, key=lambda r: r["outlier_columns"])
+            threshold = outliers[0]["threshold"]
+            where = (f"; most in layer {most['layer']} {esc(most['module'])} ({most['outlier_columns']} of "
+                     f"{most['in_features']})" if most["outlier_columns"] else "")
+            parts.append(f"<p>{esc(name)}: LLM.int8 kept {kept} input columns in 16-bit across "
+                         f"{len(outliers)} layers at threshold {threshold:g}{where}.</p>")
+            parts.append(f'<p class="qp-note">{esc(INT8_NOTE)}</p>')
+            parts.append(heat_grid([dict(r, value=r["outlier_columns"]) for r in outliers], "value",
+                                   lambda v: str(int(v)), f"{name}: input columns kept in 16-bit per layer"))
+    return f'<div class="qp-weights">{"".join(parts)}</div>'

@@ -9,13 +9,21 @@ the (tied) output layer stay in floating point here exactly as in a real load.
 
 from __future__ import annotations
 
+import json
 import math
-from dataclasses import dataclass
-from pathlib import Path
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass
+from importlib import resources
+from typing import TYPE_CHECKING
 
 import torch
 
+from . import config as qconfig
+from .config import Config
 from .presets import QuantPreset
+
+if TYPE_CHECKING:
+    from importlib.resources.abc import Traversable  # importlib.abc before Python 3.11
 
 BLOCKSIZE_4BIT = 64  # bitsandbytes' default for weights
 NESTED_BLOCKSIZE = 256  # blocks of absmax per double-quant block
@@ -122,51 +130,82 @@ def load_peak_bytes(counts: WeightCount, preset: QuantPreset, config, device: st
 
 
 # -- a whole model, every preset ------------------------------------------------
-CONFIGS = Path(__file__).resolve().parents[1] / "assets" / "configs"
+# Inside the package, read through importlib.resources: an installed copy finds them from any directory.
+CONFIGS = resources.files("quantplay") / "data" / "configs"
+
+
+def _config_files(folder: Traversable, prefix: str = "") -> Iterator[tuple[str, Traversable]]:
+    for entry in folder.iterdir():
+        if entry.is_dir():
+            yield from _config_files(entry, f"{prefix}{entry.name}/")
+        elif entry.name == "config.json" and prefix:
+            yield prefix.rstrip("/"), entry
 
 
 def shipped_configs() -> list[str]:
-    """Models whose config ships in assets/configs (estimates work offline)."""
-    return sorted(str(p.parent.relative_to(CONFIGS)) for p in CONFIGS.rglob("config.json"))
+    """Models whose config ships in quantplay/data/configs (estimates work offline)."""
+    return sorted(name for name, _ in _config_files(CONFIGS))
 
 
-def load_config(name: str):
+def _shipped_config(name: str):
+    """The shipped copy of `name`'s config, or None; read as text, so no directory on disk is needed."""
+    from transformers import CONFIG_MAPPING
+
+    found = dict(_config_files(CONFIGS)).get(name)
+    if found is None:
+        return None
+    values = json.loads(found.read_text(encoding="utf-8"))
+    return CONFIG_MAPPING[values["model_type"]].from_dict(values)
+
+
+def load_config(name: str, config: Config | None = None):
     """A model's config, without weights: shipped copy, allow-listed local dir, or the Hub."""
     from transformers import AutoConfig
 
     from . import catalog
-    from .loader import trust_remote_code
 
+    settings = config or qconfig.current()
     name = catalog.validate_name(name)
     if name == catalog.BUNDLED_NAME:
         name = catalog.BUNDLED_HUB_ID
-    shipped = CONFIGS / name / "config.json"
-    if name in shipped_configs():
-        return AutoConfig.from_pretrained(shipped.parent), "shipped config"
+    shipped = _shipped_config(name)
+    if shipped is not None:
+        return shipped, "shipped config"
     try:
-        source = catalog.resolve(name)
+        source = catalog.resolve(name, config=settings)
     except catalog.ModelUnavailable as exc:
         raise catalog.ModelUnavailable(f"{exc} Configs shipped for offline estimates: {', '.join(shipped_configs())}.") from None
-    config = AutoConfig.from_pretrained(source.path, revision=source.revision, trust_remote_code=trust_remote_code())
-    return config, source.kind
+    model_config = AutoConfig.from_pretrained(source.path, revision=source.revision,
+                                              trust_remote_code=settings.trust_remote_code)
+    return model_config, source.kind
 
 
-def estimate_model(name: str, device: str | None = None) -> dict:
+@dataclass(frozen=True)
+class Estimate:
+    """Weight memory of every named preset of one model, beside the memory available now."""
+
+    model: str
+    parameters: int
+    estimates: dict[str, int]  # preset name -> weight bytes
+    available_bytes: int
+    fits: dict[str, bool]  # preset name -> estimate <= available_bytes
+    device: str
+    config_source: str  # "shipped config", or where catalog found the model
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def estimate_model(name: str, device: str | None = None, config: Config | None = None) -> Estimate:
     """Weight memory of every named preset, compared with the memory available now."""
     from . import metrics
     from .presets import PRESETS
 
     device = device or metrics.default_device()
-    config, origin = load_config(name)
-    counts = count_weights(config)
+    model_config, origin = load_config(name, config)
+    counts = count_weights(model_config)
     available = metrics.device_memory(device)["device_available_bytes"]
     estimates = {p.name: estimate_bytes(counts, p, device) for p in PRESETS.values()}
-    return {
-        "model": name,
-        "parameters": counts.parameters,
-        "estimates": estimates,
-        "available_bytes": available,
-        "fits": {preset: size <= available for preset, size in estimates.items()},
-        "device": device,
-        "config_source": origin,
-    }
+    return Estimate(model=name, parameters=counts.parameters, estimates=estimates, available_bytes=available,
+                    fits={preset: size <= available for preset, size in estimates.items()}, device=device,
+                    config_source=origin)
