@@ -3,6 +3,8 @@
 import pytest
 from gradio_client import Client
 
+from quantplay import metrics
+
 pytestmark = [pytest.mark.api, pytest.mark.slow]
 
 
@@ -30,7 +32,7 @@ def test_compare_streams_frames_and_ends_with_a_complete_one(client):
     assert final["done"] and [v["name"] for v in final["variants"]] == ["fp32", "int8", "nf4"]
     assert all(v["status"] == "done" and v["text"] and v["footprint_bytes"] for v in final["variants"])
     assert "Paris" in final["variants"][0]["text"]
-    assert final["prompt_token_ids"] and final["environment"]["device"] in ("cpu", "cuda:0")
+    assert final["prompt_token_ids"] and final["environment"]["device"] == metrics.default_device()
 
 
 def test_custom_variant_and_sampling_options(client):
@@ -60,3 +62,14 @@ def test_the_server_runs_on_the_preferred_malloc_when_the_machine_has_one(client
     library = allocator.choose(None)
     expected = "system" if library is None else allocator.active(f"7f00-7f01 r-xp 0 0:0 0 /usr/lib/{library}")
     assert status["malloc"] == expected
+
+
+def test_evaluate_reports_each_figure_with_its_interval(client):
+    report = client.predict(model="SmolLM2-135M-Instruct", variants=["int8"], prompts=["What is 2 + 2?", "Name a colour."],
+                            max_new_tokens=6, api_name="/evaluate")
+    assert report["variants"] == ["int8"] and report["prompts_scored"] == 2 and report["tokens"] > 0
+    for key, s in report["results"]["int8"].items():
+        assert s["low"] <= s["value"] <= s["high"], key
+    assert 0 < report["results"]["int8"]["kl_mean"]["value"] < 1
+    with pytest.raises(Exception, match="at least one variant"):
+        client.predict(model="SmolLM2-135M-Instruct", variants=[], prompts=["Hi"], api_name="/evaluate")

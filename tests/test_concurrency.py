@@ -14,8 +14,6 @@ import pytest
 from gradio_client import Client
 from server import running_app
 
-from quantplay import allocator
-
 pytestmark = [pytest.mark.api, pytest.mark.slow]
 BUNDLED = "SmolLM2-135M-Instruct"
 PROMPTS = ["What is the capital of France?", "Name a colour.", "What is 2 + 2?"]
@@ -88,12 +86,9 @@ def warm_disk_cache():
         cache.unload()
 
 
-@pytest.mark.skipif(allocator.choose(None) is None,
-                    reason="needs jemalloc or tcmalloc (apt-get install libjemalloc2): under glibc's malloc the "
-                           "server held 1.3 GiB more than its models, beyond this budget (see quantplay/allocator.py)")
-def test_eight_sessions_for_two_minutes_with_a_budget_that_fits_all():
+def test_eight_sessions_for_two_minutes_with_a_budget_that_fits_all(fast_malloc):
     budget = 2 * 2**30
-    with running_app({"QUANTPLAY_MEMORY_BUDGET": str(budget)}) as (url, proc):
+    with running_app({"QUANTPLAY_MEMORY_BUDGET": f"{budget}B"}) as (url, proc):
         results, errors, memory = run_sessions(url, float(os.environ.get("QUANTPLAY_SOAK_SECONDS", 120)), proc)
         status = Client(url, verbose=False).predict(api_name="/status")
     assert errors == []

@@ -1,6 +1,7 @@
 import pytest
 
 from quantplay import preload
+from quantplay.config import Config
 
 
 def test_preloader_loads_the_listed_variants_in_the_background(tiny_source, cache):
@@ -19,7 +20,13 @@ def test_a_failing_preload_is_reported_not_raised(cache):
 
 
 def test_unknown_preset_names_stop_the_server_at_startup(monkeypatch):
-    monkeypatch.setenv("QUANTPLAY_PRELOAD", "fp32,int9")
     monkeypatch.setattr(preload, "_started", None)
-    with pytest.raises(SystemExit, match="int9"):
-        preload.start_from_env()
+    with pytest.raises(SystemExit, match="QUANTPLAY_PRELOAD='fp32,int9'.*int9"):
+        preload.start(Config.from_mapping({"QUANTPLAY_PRELOAD": "fp32,int9"}))
+    assert preload._started is None
+
+
+def test_nothing_to_preload_starts_nothing(monkeypatch):
+    monkeypatch.setattr(preload, "_started", None)
+    assert preload.start(Config()) is None
+    assert preload.start(Config.from_mapping({"QUANTPLAY_PRELOAD": " , "})) is None

@@ -4,7 +4,9 @@ import io
 import pytest
 import torch
 
+from quantplay.errors import QuantplayError
 from quantplay.presets import IGNORED_KNOBS, PRESETS, PresetError, QuantPreset
+from quantplay.snippets import load_code
 
 
 def test_named_presets_exist_and_describe_their_load():
@@ -36,8 +38,9 @@ def test_compute_dtype_follows_the_device_unless_chosen():
     ({"load_in_4bit": True, "trust_remote_code": True}, "Unknown setting"),
 ])
 def test_bad_settings_fail_on_creation_with_an_actionable_message(fields, message):
-    with pytest.raises(PresetError, match=message):
+    with pytest.raises(PresetError, match=message) as info:
         QuantPreset.from_fields("custom", fields)
+    assert isinstance(info.value, QuantplayError)  # the one type the CLI, the API and the page catch
 
 
 def test_every_knob_maps_onto_bitsandbytes_config():
@@ -57,7 +60,7 @@ def test_ignored_knobs_are_reported_not_dropped():
     preset = QuantPreset.from_fields("custom", {"load_in_8bit": True, "bnb_8bit_compute_dtype": "float16"})
     assert IGNORED_KNOBS["bnb_8bit_compute_dtype"] in preset.notes
     assert "bnb_8bit_compute_dtype" in preset.device_notes("cpu")[0]
-    assert "bnb_8bit_compute_dtype" not in preset.to_code("gpt2")
+    assert "bnb_8bit_compute_dtype" not in load_code(preset, "gpt2")
     mixed = QuantPreset.from_fields("custom", {"load_in_8bit": True, "bnb_4bit_quant_type": "nf4"})
     assert any("no effect with load_in_8bit" in n for n in mixed.notes)
     offload = QuantPreset.from_fields("custom", {"load_in_8bit": True, "llm_int8_enable_fp32_cpu_offload": True})
@@ -78,14 +81,15 @@ def test_presets_with_equal_settings_share_a_cache_key():
 
 def test_device_problems_are_checked_at_load():
     preset = QuantPreset.from_fields("custom", {"load_in_4bit": True, "dtype": "float16"})
-    assert preset.device_problems("cpu")
+    assert preset.device_problems("cpu") == [
+        "4-bit with dtype=float16 is not supported by bitsandbytes on CPU; use float32 or bfloat16."]
     assert not preset.device_problems("cuda:0")
 
 
 @pytest.mark.parametrize("name", ["fp32", "int8", "nf4-dq"])
 def test_to_code_runs_and_reproduces_the_load(name, tiny_dir):
-    code = PRESETS[name].to_code(str(tiny_dir), device="cpu", max_new_tokens=3, prompt="Hi")
-    assert "BitsAndBytesConfig(" in code or name == "fp32"
+    code = load_code(PRESETS[name], str(tiny_dir), device="cpu", max_new_tokens=3, prompt="Hi")
+    assert ("BitsAndBytesConfig(" in code) == (name != "fp32")  # quantized presets, and only they, configure bnb
     out = io.StringIO()
     with contextlib.redirect_stdout(out):
         exec(compile(code, f"<to_code {name}>", "exec"), {})

@@ -4,8 +4,9 @@ import pytest
 import torch
 
 from quantplay import quality
-from quantplay.compare import run_comparison, score_text
+from quantplay.comparison import run_comparison
 from quantplay.presets import PRESETS
+from quantplay.reference import score_text
 from quantplay.streaming import GenerationSettings
 
 
@@ -66,12 +67,23 @@ def test_comparison_carries_agreement_metrics(tiny_source, cache):
 def test_reference_text_mode(tiny_source, cache):
     result = score_text(str(tiny_source.path), ["int8"], "The capital of Italy is Rome. Quantization stores weights.",
                         cache=cache, device_map="cpu")
-    fp32, int8 = result["variants"]
-    assert result["tokens"] > 5
-    assert fp32["kl_divergence_mean"] == pytest.approx(0, abs=1e-5) and fp32["top1_agreement"] == 1.0
-    assert int8["perplexity"] > 1 and int8["kl_divergence_mean"] >= 0
+    fp32, int8 = result.variants
+    assert result.tokens > 5 and [v.name for v in result.variants] == ["fp32", "int8"]
+    assert fp32.kl_divergence_mean == pytest.approx(0, abs=1e-5) and fp32.top1_agreement == 1.0
+    assert int8.perplexity > 1 and int8.kl_divergence_mean >= 0 and int8.error is None
+    data = result.to_dict()  # the schema the page and --json callers share
+    assert data["tokens"] == result.tokens and data["variants"][1]["perplexity"] == int8.perplexity
     with pytest.raises(ValueError, match="empty"):
         score_text(str(tiny_source.path), ["int8"], "  ", cache=cache, device_map="cpu")
+
+
+def test_the_pages_reference_tab_renders_the_score_result(tiny_source, cache, monkeypatch):
+    from quantplay import ui_insight
+
+    monkeypatch.setattr(ui_insight, "score_text", lambda *a, **k: score_text(*a, cache=cache, device_map="cpu", **k))
+    note, rows = ui_insight.on_score_text(str(tiny_source.path), ["nf4"], "The capital of Italy is Rome.")
+    assert [r[0] for r in rows] == ["fp32", "nf4"] and rows[0][4] == "100%"
+    assert note.startswith("Scored ") and "tokens of the text" in note
 
 
 def test_reusing_the_variants_own_generation_gives_the_teacher_forced_logits(tiny_source, cache):

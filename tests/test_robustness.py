@@ -70,7 +70,6 @@ def cases(odd):
 
 def test_bad_input_gets_a_message_and_the_next_request_succeeds(client, odd_models):
     ok, bad = cases(odd_models)
-    assert len(bad) >= 25
     for change, message in bad:
         with pytest.raises(Exception) as info:
             client.predict(**(ok | change), api_name="/compare")

@@ -1,9 +1,13 @@
+import dataclasses
 import threading
 
 import pytest
+from conftest import pace_forward
 
+from quantplay import config as qconfig
 from quantplay.catalog import ModelUnavailable
-from quantplay.compare import Limits, run_comparison
+from quantplay.comparison import run_comparison
+from quantplay.config import Config, Limits
 from quantplay.presets import PRESETS, PresetError
 from quantplay.streaming import GenerationSettings, live_streams
 
@@ -18,16 +22,7 @@ def _run(tiny_source, cache, variants, **kw):
 @pytest.fixture
 def real_pace(tiny_source, cache, monkeypatch):
     """The tiny model at a real model's pace on this CPU (~40 ms a token), so frames can batch tokens."""
-    import time
-
-    model_class = type(cache.get(tiny_source, PRESETS["fp32"], "cpu")[0].model)
-    original = model_class.forward
-
-    def forward(self, *args, **kwargs):
-        time.sleep(0.04)
-        return original(self, *args, **kwargs)
-
-    monkeypatch.setattr(model_class, "forward", forward)
+    pace_forward(type(cache.get(tiny_source, PRESETS["fp32"], "cpu")[0].model), 0.04, monkeypatch)
 
 
 def test_frames_share_one_schema_and_fp32_comes_first(tiny_source, cache, real_pace):
@@ -42,7 +37,8 @@ def test_frames_share_one_schema_and_fp32_comes_first(tiny_source, cache, real_p
     assert final["prompt_token_ids"][:1] == [3]  # <|im_start|>: the chat template was applied
     for v in final["variants"]:
         assert v["footprint_bytes"] > 0 and v["kv_cache_bytes"] > 0 and v["tokens_per_second"] > 0
-        assert v["text"] and "BitsAndBytesConfig" in v["code"] or v["name"] == "fp32"
+        assert v["text"] and f"max_new_tokens={SETTINGS.max_new_tokens}" in v["code"]  # the column's own snippet
+        assert ("BitsAndBytesConfig" in v["code"]) == (v["name"] != "fp32")  # quantized variants, and only they
     assert final["environment"]["threads"] >= 1 and final["memory"]["process_rss_peak_bytes"] > 0
     assert final["scoring_seconds"] > 0 and final["variants"][1]["kl_divergence_mean"] is not None
     assert all(f.scoring_seconds is None for f in frames[:-1])
@@ -135,6 +131,16 @@ def test_limits_cap_with_visible_warnings(tiny_source, cache):
         next(run_comparison(str(tiny_source.path), ["int8", "nf4"], "Hi", cache=cache, limits=Limits(max_variants=2)))
 
 
+def test_limits_come_from_the_config_passed_down(tiny_source, cache):
+    limits = Config.from_mapping({"QUANTPLAY_MAX_NEW_TOKENS": "3", "QUANTPLAY_MAX_VARIANTS": "2"}).limits
+    config = dataclasses.replace(qconfig.current(), limits=limits)  # the test's model dirs, these limits
+    final = list(run_comparison(str(tiny_source.path), ["fp32"], "Hi", GenerationSettings(max_new_tokens=9),
+                                cache=cache, device_map="cpu", config=config))[-1]
+    assert final.variants[0].new_tokens == 3 and "capped at 3" in " ".join(final.warnings)
+    with pytest.raises(PresetError, match="limit is 2"):
+        next(run_comparison(str(tiny_source.path), ["int8", "nf4"], "Hi", cache=cache, config=config))
+
+
 def test_frames_batch_tokens_and_a_finished_stream_ends_the_wait(tiny_source, cache):
     """Tokens that arrive within a frame interval share one frame; the end of generation is shown at once."""
     import time
@@ -142,7 +148,9 @@ def test_frames_batch_tokens_and_a_finished_stream_ends_the_wait(tiny_source, ca
     _run(tiny_source, cache, ["fp32"])  # loaded
     start = time.perf_counter()
     frames = _run(tiny_source, cache, ["fp32"], settings=GenerationSettings(max_new_tokens=6), frame_seconds=5.0)
-    assert time.perf_counter() - start < 4  # six tiny-model tokens take milliseconds: not the 5 s frame interval
+    # Had the end of generation not cut the wait short, the second frame alone would come 5 s after the first;
+    # six tiny-model tokens take milliseconds, so all of the 5 s is margin for a loaded machine.
+    assert time.perf_counter() - start < 5.0
     streaming = [f for f in frames if f.variants[0].new_tokens > 0]
     assert streaming[-1].done and streaming[-1].variants[0].new_tokens == 6
     assert len(streaming) <= 3  # the first token's frame, then the rest together (and the final frame)
