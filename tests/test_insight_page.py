@@ -21,6 +21,10 @@ def test_evaluate_shows_figures_with_intervals_a_plot_and_downloads(browser, app
     page = open_page(browser, app_url, theme, height=900)
     try:
         page.get_by_text("Evaluate: agreement over many prompts").click()
+        # The panel's components mount when it opens: text filled before its table and plot are there reached the
+        # textarea but not gradio's value (the run scored the 30 shipped prompts, every time, in CI).
+        page.wait_for_selector("#evaluate-table table", state="visible")
+        page.wait_for_selector("#evaluate-plot", state="visible")
         page.fill("#evaluate-prompts textarea", "What is 2 + 2?\nName a colour.\nWhy is the sea salty?")
         page.click("#evaluate-btn")
         page.wait_for_function("() => (document.querySelector('#evaluate-note') || {innerText: ''})"
