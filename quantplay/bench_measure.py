@@ -28,7 +28,7 @@ from .compute import COMPUTE
 from .config import Config
 from .loader import ModelCache
 from .presets import get_preset
-from .streaming import GenerationSettings
+from .sampling import GenerationSettings
 
 BENCH_PROMPT = "Once upon a time, in a village at the edge of a forest,"
 Log = Callable[[str], None]

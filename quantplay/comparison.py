@@ -27,12 +27,15 @@ from .catalog import ModelSource
 from .compute import COMPUTE
 from .config import Config, Limits
 from .errors import QuantplayError
-from .loader import LoadedModel, ModelCache, check_causal_lm, default_cache, resolve_device
+from .loaded import LoadedModel, resolve_device
+from .loader import ModelCache, default_cache
 from .presets import QuantPreset
+from .pretrained import check_causal_lm
+from .sampling import GenerationSettings
 from .schema import ComparisonResult, VariantResult  # the one result schema (re-exported here)
 from .sharing import StreamGroup
 from .snippets import variant_code
-from .streaming import SCHEDULES, GenerationSettings, Listener
+from .streaming import SCHEDULES, Listener
 from .tokens import IncrementalDecoder, encode_prompt
 from .validate import check_frame_seconds, check_settings, clean_prompt, select_presets
 

@@ -40,9 +40,10 @@ from .comparison import MAX_KEPT_LOGITS_BYTES, place
 from .compute import COMPUTE
 from .config import Config
 from .errors import QuantplayError
-from .loader import ModelCache, default_cache, resolve_device
+from .loaded import resolve_device
+from .loader import ModelCache, default_cache
+from .sampling import GenerationSettings
 from .sharing import StreamGroup
-from .streaming import GenerationSettings
 from .tokens import encode_prompt
 from .validate import clean_prompt, select_presets
 

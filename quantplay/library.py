@@ -52,7 +52,7 @@ def stream(model: str, variants: Variants, prompt: str, *, max_new_tokens: int =
     Leaving the loop early stops the generations and frees their leases.
     """
     from .comparison import run_comparison
-    from .streaming import GenerationSettings
+    from .sampling import GenerationSettings
 
     settings = GenerationSettings.from_request(max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p,
                                                seed=seed, chat_template=chat_template)

@@ -29,7 +29,8 @@ from typing import Any, TypeVar
 import torch
 
 from .batching import BATCHER
-from .streaming import DISCARD, END_TAGS, JOIN_SECONDS, GenerationSettings, Listener, TokenStream
+from .sampling import GenerationSettings
+from .streaming import DISCARD, END_TAGS, JOIN_SECONDS, Listener, TokenStream
 
 T = TypeVar("T")
 

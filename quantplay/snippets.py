@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from .catalog import ModelSource
     from .presets import QuantPreset
-    from .streaming import GenerationSettings
+    from .sampling import GenerationSettings
 
 # dtype-valued fields are written as torch attributes, not strings
 _TORCH_DTYPE_FIELDS = ("bnb_4bit_compute_dtype", "bnb_4bit_quant_storage")

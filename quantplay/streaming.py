@@ -12,8 +12,7 @@ queue and Stop): one that joins late is first given the tokens so far, one that
 stops leaves, and the stream stops when its last listener does (`sharing.py`
 lets identical requests listen to one stream, and its `StreamGroup` reads a
 session's listeners as frames). It knows nothing about presets, scoring or the
-result schema; `GenerationSettings.from_request` is where a request's sampling
-knobs become settings.
+result schema; what to generate comes as `sampling.GenerationSettings`.
 """
 
 from __future__ import annotations
@@ -26,12 +25,13 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
-from transformers import LogitsProcessor, LogitsProcessorList, StoppingCriteria, StoppingCriteriaList
+from transformers import LogitsProcessorList, StoppingCriteria, StoppingCriteriaList
 from transformers.generation.streamers import BaseStreamer
 
 from . import metrics
 from .compute import COMPUTE
 from .errors import QuantplayError
+from .sampling import GenerationSettings, SeededSampler
 
 SCHEDULES = ("interleave", "threads")
 END_TAGS = ("done", "error")  # a stream's last event; "token" events come before it
@@ -54,57 +54,6 @@ def live_streams() -> int:
     """Streams started and not yet finished (tests use it to show none are orphaned)."""
     with _live_lock:
         return len(_live)
-
-
-@dataclass(frozen=True)
-class GenerationSettings:
-    max_new_tokens: int = 64
-    min_new_tokens: int = 0  # the benchmark forces a length; users leave it at 0
-    do_sample: bool = False
-    temperature: float = 0.7
-    top_p: float = 0.9
-    seed: int = 0
-    chat_template: bool = True
-
-    @classmethod
-    def from_request(cls, max_new_tokens: int = 64, temperature: float | None = 0.0, top_p: float = 1.0,
-                     seed: int = 0, chat_template: bool = True) -> GenerationSettings:
-        """The one reading of a request's sampling knobs, shared by the CLI, the API and the page.
-
-        Temperature None or 0 means greedy (the default: differences then come from quantization
-        alone); above 0 samples at that temperature with `top_p`. `validate.check_settings`
-        checks the ranges; a negative or non-numeric temperature is refused here.
-        """
-        if temperature is not None and (isinstance(temperature, bool) or not isinstance(temperature, (int, float))
-                                        or temperature < 0):
-            raise QuantplayError(f"temperature must be 0 (greedy) or a number above 0, not {temperature!r}.")
-        if not temperature:
-            return cls(max_new_tokens=max_new_tokens, top_p=top_p, seed=seed, chat_template=chat_template)
-        return cls(max_new_tokens=max_new_tokens, do_sample=True, temperature=float(temperature), top_p=top_p,
-                   seed=seed, chat_template=chat_template)
-
-
-class SeededSampler(LogitsProcessor):
-    """Temperature + top-p sampling with a private generator.
-
-    It leaves only the drawn token finite, so greedy decoding then picks it:
-    the random stream belongs to this variant, not to torch's global RNG.
-    """
-
-    def __init__(self, temperature: float, top_p: float, seed: int) -> None:
-        self.temperature = temperature
-        self.top_p = top_p
-        self.generator = torch.Generator().manual_seed(seed)
-
-    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
-        probs = torch.softmax(scores.float() / self.temperature, dim=-1).cpu()
-        sorted_probs, order = probs.sort(dim=-1, descending=True)
-        keep = sorted_probs.cumsum(dim=-1) - sorted_probs < self.top_p
-        sorted_probs = sorted_probs * keep
-        choice = torch.multinomial(sorted_probs, 1, generator=self.generator)
-        token = order.gather(-1, choice).to(scores.device)
-        out = torch.full_like(scores, float("-inf"))
-        return out.scatter_(-1, token, 0.0)
 
 
 class _Hooks(StoppingCriteria, BaseStreamer):

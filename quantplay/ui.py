@@ -24,14 +24,14 @@ from typing import Any
 
 import gradio as gr
 
-from . import allocator, catalog, metrics, preload, resources, ui_panels, ui_run, views
+from . import allocator, catalog, metrics, preload, resources, ui_panels, ui_run, views, views_weights
 from . import config as qconfig
 from .comparison import run_comparison
 from .config import Config
 from .errors import QuantplayError
 from .loader import default_cache
 from .presets import PRESETS
-from .streaming import GenerationSettings
+from .sampling import GenerationSettings
 from .ui_style import CSS
 
 log = logging.getLogger(__name__)
@@ -191,7 +191,7 @@ def render(page: Page, frame: dict, previous: dict | None = None) -> dict[Any, A
         out[page.readings] = views.readings_markdown(frame)
         out[page.agreement] = views.agreement_rows(frame)
         out[page.download] = gr.update(value=save_json(frame), visible=True)
-        out[page.weights] = views.weights_html(frame, bundled=frame.get("model") == catalog.BUNDLED_NAME)
+        out[page.weights] = views_weights.weights_html(frame, bundled=frame.get("model") == catalog.BUNDLED_NAME)
     elif previous is None:
         out[page.download] = gr.update(visible=False)
     if views.loaded_just_now(frame, previous):  # the bar plot once, when every variant has loaded (or failed)

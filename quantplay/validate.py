@@ -16,7 +16,7 @@ from typing import Any
 from .config import Limits  # the config's part a request is checked against (re-exported here)
 from .errors import QuantplayError
 from .presets import PRESETS, REFERENCE, PresetError, QuantPreset, get_preset
-from .streaming import GenerationSettings
+from .sampling import GenerationSettings
 
 _CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
 
