@@ -7,7 +7,7 @@ import datetime
 
 import gradio as gr
 
-from quantplay import catalog, ui, ui_insight, ui_panels, views
+from quantplay import catalog, ui, ui_insight, ui_panels, views, views_weights
 from quantplay import config as qconfig
 from quantplay.presets import PRESETS, QuantPreset
 
@@ -101,12 +101,12 @@ def test_weights_view_names_the_worst_layers_shades_every_layer_and_notes_the_bu
                  "in_features": 64, "outlier_columns": 3}]
     frame = {"weights": {"nf4": {"layers": layers, "notes": [], "seconds": 0.1, "worst": ["layer 2 mlp.down_proj: 7.0%"]},
                          "int8": {"layers": [], "notes": [], "seconds": 0.1, "worst": [], "outliers": outliers}}}
-    html = views.weights_html(frame, bundled=True)
+    html = views_weights.weights_html(frame, bundled=True)
     assert "nf4: mean relative weight error 6.00% over 3 layers" in html and "layer 2 mlp.down_proj" in html
     assert html.count("<td style=") == 3 + 1  # every nf4 layer and int8's one outlier row, shaded
-    assert views.HEAT[-1] in html and "#111" in html  # the largest error gets the darkest shade, with dark text
+    assert views_weights.HEAT[-1] in html and "#111" in html  # the largest error gets the darkest shade, with dark text
     assert "Q4_1" in html and "LLM.int8 kept 3 input columns in 16-bit across 1 layers at threshold 6" in html
-    assert "Q4_1" not in views.weights_html(frame) and "nothing was quantized" in views.weights_html({"weights": {}})
+    assert "Q4_1" not in views_weights.weights_html(frame) and "nothing was quantized" in views_weights.weights_html({"weights": {}})
 
 
 def test_on_a_cuda_machine_each_column_and_the_cli_table_say_where_it_runs_and_its_vram_peak():
