@@ -34,10 +34,7 @@ from collections import OrderedDict, deque
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future
 from contextlib import contextmanager
-from dataclasses import dataclass, field
 from typing import Any
-
-import torch
 
 from . import config as qconfig
 from . import diskcache, metrics, placement, pretrained, resources, weights
@@ -45,49 +42,11 @@ from .catalog import ModelSource
 from .compute import COMPUTE
 from .config import Config
 from .errors import MemoryBudgetError
-from .presets import PresetError, QuantPreset
-from .pretrained import check_causal_lm
+from .loaded import LoadedModel, resolve_device
+from .presets import QuantPreset
 
-__all__ = ["DEVICE_MAPS", "LoadedModel", "MemoryBudgetError", "ModelCache", "check_causal_lm", "default_cache",
-           "resolve_device"]
 log = logging.getLogger(__name__)
 Progress = Callable[[float, str], None]
-DEVICE_MAPS = ("auto", "cpu", "cuda:0")
-TOKENIZERS_KEPT = 8
-
-
-def resolve_device(device_map: str) -> str:
-    if device_map not in DEVICE_MAPS:
-        raise PresetError(f"device_map={device_map!r}: use one of {', '.join(DEVICE_MAPS)}.")
-    if device_map == "cuda:0" and not torch.cuda.is_available():
-        raise PresetError("device_map='cuda:0' but no CUDA GPU is visible; use 'auto' or 'cpu'.")
-    return "cuda:0" if device_map == "auto" and torch.cuda.is_available() else ("cpu" if device_map == "auto" else device_map)
-
-
-@dataclass
-class LoadedModel:
-    source: ModelSource
-    preset: QuantPreset
-    device_map: str
-    device: str
-    model: Any
-    tokenizer: Any
-    footprint_bytes: int
-    footprint_hf_bytes: int
-    load_seconds: float
-    warnings: list[str] = field(default_factory=list)
-    loaded_from: str = "checkpoint"  # or "disk cache": prequantized weights, no quantizing
-    users: int = 0
-    layer_errors: weights.WeightReport | None = None  # per-layer weight error, worked out before any forward pass
-    generate_lock: threading.Lock = field(default_factory=threading.Lock)  # taken by the 'threads' schedule
-
-    @property
-    def key(self) -> tuple:
-        return (self.source.key, self.preset, self.device)
-
-    def describe(self) -> dict[str, Any]:
-        return {"model": self.source.name, "preset": self.preset.name, "device": self.device,
-                "footprint_bytes": self.footprint_bytes, "in_use": self.users > 0, "loaded_from": self.loaded_from}
 
 
 class ModelCache:
@@ -124,8 +83,7 @@ class ModelCache:
         self._admission = threading.Lock()  # one request at a time acquires its set of leases
         self._estimates: dict[tuple, tuple[int, int]] = {}
         self._estimate_notes: dict[tuple, str] = {}
-        self._tokenizers: OrderedDict[tuple, Any] = OrderedDict()
-        self._tokenizers_lock = threading.Lock()
+        self._tokenizers = pretrained.Tokenizers(self.config)
         self.loads = 0  # how many real loads ran (for tests and the bench)
         self.evictions: deque[tuple] = deque(maxlen=100)  # the latest evicted keys, oldest first
 
@@ -152,16 +110,7 @@ class ModelCache:
 
     def tokenizer_for(self, source: ModelSource):
         """One tokenizer per model source, shared by all its variants (they tokenize alike)."""
-        with self._tokenizers_lock:
-            if source.key in self._tokenizers:
-                self._tokenizers.move_to_end(source.key)
-                return self._tokenizers[source.key]
-        tokenizer = pretrained.read_tokenizer(source, self.config)
-        with self._tokenizers_lock:
-            self._tokenizers[source.key] = tokenizer
-            while len(self._tokenizers) > TOKENIZERS_KEPT:
-                self._tokenizers.popitem(last=False)
-        return tokenizer
+        return self._tokenizers.get(source)
 
     # -- budget ----------------------------------------------------------
     def footprint_estimate(self, source: ModelSource, preset: QuantPreset, device: str) -> tuple[int, int]:

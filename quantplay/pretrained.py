@@ -9,7 +9,8 @@ KeyError) becomes a `ModelUnavailable` that names the model, in one place:
 its weight files (saying so) when that fails, and raises when it has nothing to
 go on: the memory budget is never silently unchecked.
 
-It sits below `loader` (which owns the cache, the budget and the tokenizer LRU)
+`Tokenizers` is an LRU of tokenizers, one per source. It sits below `loader`
+(which owns the cache, the budget and one `Tokenizers`)
 and knows nothing about caching, prompts or generation.
 """
 
@@ -18,6 +19,8 @@ from __future__ import annotations
 import json
 import logging
 import struct
+import threading
+from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -89,6 +92,29 @@ def read_tokenizer(source: ModelSource, config: Config | None = None):
     trust = (config or qconfig.current()).trust_remote_code
     with reading(source):
         return AutoTokenizer.from_pretrained(source.path, trust_remote_code=trust, **where(source))
+
+
+class Tokenizers:
+    """An LRU of tokenizers, one per model source (its variants tokenize alike); each
+    `loader.ModelCache` owns one, so two caches never share a tokenizer."""
+
+    def __init__(self, config: Config | None = None, kept: int = 8) -> None:
+        self.config = config
+        self.kept = kept
+        self._items: OrderedDict[tuple, Any] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, source: ModelSource):
+        with self._lock:
+            if source.key in self._items:
+                self._items.move_to_end(source.key)
+                return self._items[source.key]
+        tokenizer = read_tokenizer(source, self.config)  # outside the lock: reading takes seconds
+        with self._lock:
+            self._items[source.key] = tokenizer
+            while len(self._items) > self.kept:
+                self._items.popitem(last=False)
+        return tokenizer
 
 
 def check_causal_lm(source: ModelSource, config: Config | None = None) -> None:

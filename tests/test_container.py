@@ -28,7 +28,8 @@ from server import running_app
 
 from quantplay import resources
 from quantplay.config import Config, Size
-from quantplay.loader import MemoryBudgetError, ModelCache
+from quantplay.errors import MemoryBudgetError
+from quantplay.loader import ModelCache
 from quantplay.presets import PRESETS
 
 GiB, MiB = 2**30, 2**20

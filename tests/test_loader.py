@@ -9,8 +9,8 @@ import torch
 from quantplay import metrics, pretrained, resources
 from quantplay.catalog import ModelSource, ModelUnavailable
 from quantplay.config import Config
-from quantplay.errors import QuantplayError
-from quantplay.loader import MemoryBudgetError, ModelCache
+from quantplay.errors import MemoryBudgetError, QuantplayError
+from quantplay.loader import ModelCache
 from quantplay.presets import PRESETS
 
 
