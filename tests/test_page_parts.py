@@ -106,7 +106,8 @@ def test_weights_view_names_the_worst_layers_shades_every_layer_and_notes_the_bu
     assert html.count("<td style=") == 3 + 1  # every nf4 layer and int8's one outlier row, shaded
     assert views_weights.HEAT[-1] in html and "#111" in html  # the largest error gets the darkest shade, with dark text
     assert "Q4_1" in html and "LLM.int8 kept 3 input columns in 16-bit across 1 layers at threshold 6" in html
-    assert "Q4_1" not in views_weights.weights_html(frame) and "nothing was quantized" in views_weights.weights_html({"weights": {}})
+    assert "Q4_1" not in views_weights.weights_html(frame)
+    assert "nothing was quantized" in views_weights.weights_html({"weights": {}})
 
 
 def test_on_a_cuda_machine_each_column_and_the_cli_table_say_where_it_runs_and_its_vram_peak():
